@@ -1,0 +1,1 @@
+"""cnnjax: convolutional networks in JAX/Flax."""

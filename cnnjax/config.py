@@ -1,0 +1,192 @@
+"""The configuration schema: defaults, validation, and the resolved config a run records.
+
+An experiment file (``experiments/*.py``) defines ``get_config()`` returning
+``defaults()`` with some fields changed. Every field can then be overridden from the command
+line (``--config.optimizer.learning_rate=0.05``). ``validate`` rejects, with a one-line
+``ConfigError``, anything that would only fail later: unknown keys, wrong types, values out of
+range, unknown names, and a batch that the devices cannot share evenly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+import ml_collections
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "piecewise")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the value and the fix."""
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every field a run reads, with its default and the reason for it."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # fixes init, data order and per-step randomness: same seed, same run
+
+    # Model: `name` picks a registered module; the other fields are that module's own
+    # (see `model_config`), so each can be overridden from the command line.
+    c.model = model_config("cnn")
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"  # built in and offline; any prepared TFDS dataset works too
+    c.data.data_dir = ""  # "" = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+    c.data.batch_size = 64  # global: split evenly over all devices of all processes
+    c.data.eval_batch_size = 256  # global; the last eval batch is padded and masked
+    c.data.crop_padding = 0  # random crop after this much zero padding (train only)
+    c.data.flip = False  # random left-right flips (train only; wrong for digits and text)
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "sgd"  # one of OPTIMIZERS
+    c.optimizer.learning_rate = 0.1  # peak learning rate
+    c.optimizer.momentum = 0.9  # sgd only
+    c.optimizer.nesterov = False  # sgd only
+    c.optimizer.b1 = 0.9  # adam/adamw
+    c.optimizer.b2 = 0.999  # adam/adamw
+    c.optimizer.eps = 1e-8  # adam/adamw
+    # Decays kernels only: biases and norm scales/offsets are left alone, as is standard.
+    # sgd/adam add it to the gradient (L2); adamw decouples it (Loshchilov & Hutter).
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "cosine"  # one of SCHEDULES
+    c.optimizer.warmup_epochs = 0.0  # linear warm-up from 0, before any schedule
+    c.optimizer.boundaries_epochs = (30.0, 60.0, 80.0)  # piecewise: where the rate drops
+    c.optimizer.decay_factor = 0.1  # piecewise: multiplier at each boundary
+    c.optimizer.grad_clip_norm = 0.0  # clip the global gradient norm; 0 disables it
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_epochs = 10.0  # training length in epochs (fractions allowed)...
+    c.train.num_steps = -1  # ...or in steps when >= 0 (takes precedence)
+    c.train.label_smoothing = 0.0
+    c.train.log_every_steps = 50  # a train-metrics line in metrics.jsonl
+    c.train.eval_every_steps = -1  # -1 = at the end of every epoch; 0 = only at the end
+    c.train.checkpoint_every_steps = 500  # and always at the end of the run
+    c.train.keep_checkpoints = 3  # the newest K are kept
+    return c
+
+
+def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """The model section for registered model ``name``: every field, defaults filled in.
+
+    ``num_classes`` is left out: the run takes it from the dataset.
+    """
+    from cnnjax import models
+
+    fields = models.model_fields(name)
+    models.check_kwargs(name, overrides)
+    fields.update(overrides)
+    section = {"name": name}
+    for key, value in fields.items():
+        if key == "num_classes":
+            continue
+        if key == "dtype":
+            value = _dtype_name(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        section[key] = value
+    return ml_collections.ConfigDict(section)
+
+
+def _dtype_name(dtype: Any) -> str:
+    import numpy as np
+
+    return np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON-compatible Python (tuples become lists)."""
+    return json.loads(config.to_json())
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The fields that differ between two config dicts, as ``key: old -> new`` text."""
+    a, b = _flat(old), _flat(new)
+    changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k)]
+    return ", ".join(changed)
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_keys(config: dict[str, Any]) -> None:
+    schema = _flat(to_dict(defaults()))
+    schema = {k: v for k, v in schema.items() if not k.startswith("model.")}
+    for key, value in _flat(config).items():
+        if key.startswith("model."):
+            continue
+        if key not in schema:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, list(schema))}")
+        expected = schema[key]
+        if isinstance(expected, bool) != isinstance(value, bool) or (
+            isinstance(expected, (int, float)) and not isinstance(value, (int, float))
+        ) or (isinstance(expected, str) and not isinstance(value, str)) or (
+            isinstance(expected, list) and not isinstance(value, list)
+        ):
+            raise ConfigError(
+                f"config key {key!r} must be a {type(expected).__name__}, got {value!r}"
+            )
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Raises ``ConfigError`` (one line: the value and the fix) for a config that cannot run."""
+    from cnnjax import models
+
+    d = to_dict(config)
+    _check_keys(d)
+    model = dict(d["model"])
+    name = model.pop("name", None)
+    try:
+        models.check_kwargs(name, model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+    o, t, data = d["optimizer"], d["train"], d["data"]
+    _require(o["name"] in OPTIMIZERS,
+             f"unknown optimizer {o['name']!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    _require(o["schedule"] in SCHEDULES,
+             f"unknown schedule {o['schedule']!r}; choose one of: {', '.join(SCHEDULES)}")
+    _require(o["learning_rate"] > 0,
+             f"optimizer.learning_rate must be > 0, got {o['learning_rate']}")
+    _require(o["weight_decay"] >= 0,
+             f"optimizer.weight_decay must be >= 0, got {o['weight_decay']}")
+    _require(o["warmup_epochs"] >= 0,
+             f"optimizer.warmup_epochs must be >= 0, got {o['warmup_epochs']}")
+    _require(o["grad_clip_norm"] >= 0,
+             f"optimizer.grad_clip_norm must be >= 0 (0 disables it), got {o['grad_clip_norm']}")
+    _require(0 <= t["label_smoothing"] < 1,
+             f"train.label_smoothing must be in [0, 1), got {t['label_smoothing']}")
+    _require(t["num_epochs"] >= 0, f"train.num_epochs must be >= 0, got {t['num_epochs']}")
+    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
+    _require(data["crop_padding"] >= 0,
+             f"data.crop_padding must be >= 0, got {data['crop_padding']}")
+    for key in ("batch_size", "eval_batch_size"):
+        _require(data[key] > 0, f"data.{key} must be > 0, got {data[key]}")
+        if device_count:
+            _require(
+                data[key] % device_count == 0,
+                f"data.{key}={data[key]} is not divisible by the {device_count} devices; "
+                f"use a multiple of {device_count}, e.g. "
+                f"--config.data.{key}={max(device_count, data[key] // device_count * device_count)}",
+            )

@@ -1,0 +1,1 @@
+"""TFDS builders that ship with cnnjax (importing one registers it with TFDS)."""

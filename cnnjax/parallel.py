@@ -1,0 +1,47 @@
+"""Devices and processes: the mesh, shardings, and host <-> global arrays.
+
+The training step is written per device, in the pmap style: it sees its shard of the batch
+and averages with explicit collectives over the mesh axis ``AXIS``. ``per_device`` runs such
+a function through ``jax.shard_map`` over a 1-D mesh of every device of every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "batch"
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh named ``AXIS`` over ``devices`` (default: all devices of all processes)."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the devices."""
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def per_device(fn: Callable, mesh: Mesh, in_specs: Any, out_specs: Any) -> Callable:
+    """Runs ``fn`` once per device: ``PartitionSpec(AXIS)`` arguments arrive as local shards."""
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's slice of a batch into global arrays sharded over ``AXIS``."""
+    sharding = sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def to_host(tree: Any) -> Any:
+    """Replicated global arrays -> numpy on this host."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

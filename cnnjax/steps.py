@@ -1,0 +1,176 @@
+"""Pure training and evaluation steps over a ``TrainState``.
+
+The step functions are written per device: each device sees its shard of the global batch,
+and gradients, metrics and BatchNorm statistics are averaged over the device axis with
+explicit collectives (``lax.pmean``/``lax.psum`` on ``parallel.AXIS``). ``make_train_step``
+and ``make_eval_step`` wrap them in ``jax.shard_map`` under ``jax.jit``; the state is donated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec
+
+from cnnjax import parallel
+from cnnjax.data.augment import augment
+
+P = PartitionSpec
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training.
+
+    Attributes:
+      step: int32 scalar, the number of updates applied.
+      params: the model's parameters (float32).
+      batch_stats: BatchNorm running statistics (``{}`` for models without BatchNorm).
+      opt_state: the Optax state.
+      rng: ``uint32[2]`` base key; step ``s`` uses ``fold_in(rng, s)``.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """``[b, h, w, c]`` uint8 -> float32 with zero mean and unit variance per channel."""
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    return (images.astype(jnp.float32) - mean) / std
+
+
+def init_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seed: int,
+    image_shape: Sequence[int],
+    mesh: Mesh,
+) -> TrainState:
+    """Initialises parameters and optimizer state, replicated over ``mesh``, under jit."""
+
+    def init(key):
+        init_key, state_key = jax.random.split(key)
+        variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=state_key,
+        )
+
+    return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
+
+
+def _cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
+    targets = jax.nn.one_hot(labels, num_classes)
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step_per_device(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mean: Sequence[float],
+    std: Sequence[float],
+    label_smoothing: float = 0.0,
+    crop_padding: int = 0,
+    flip: bool = False,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on this device's shard ``batch`` (``images`` uint8, ``labels`` int32)."""
+    step_key = jax.random.fold_in(state.rng, state.step)
+    labels = batch["labels"]
+    local = labels.shape[0]
+    global_index = lax.axis_index(parallel.AXIS) * local + jnp.arange(local)
+    images = augment(
+        batch["images"], jax.random.fold_in(step_key, 1), global_index,
+        crop_padding=crop_padding, flip=flip,
+    )
+    images = normalize(images, mean, std)
+    # Dropout masks differ between devices, as they would between examples on one device.
+    dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 2), lax.axis_index(parallel.AXIS))
+
+    def loss_fn(params):
+        variables = {"params": params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        logits, updates = model.apply(
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+        )
+        loss = _cross_entropy(logits, labels, logits.shape[-1], label_smoothing).mean()
+        return loss, (logits, updates.get("batch_stats", {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Every device holds the same share of the global batch, so the mean of the per-device
+    # means is the global mean: gradients equal a one-device step on the whole batch.
+    grads = lax.pmean(grads, parallel.AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": lax.pmean(loss, parallel.AXIS),
+        "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), parallel.AXIS),
+        "learning_rate": schedule(state.step),
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+
+def eval_step_per_device(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> dict[str, jax.Array]:
+    """Sums (not means) of loss and correct predictions over the real (mask=1) examples."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    logits = model.apply(variables, normalize(batch["images"], mean, std), train=False)
+    labels, mask = batch["labels"], batch["mask"]
+    loss = _cross_entropy(logits, labels, logits.shape[-1], 0.0)
+    top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    sums = {
+        "loss": jnp.sum(loss * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+        "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+        "count": jnp.sum(mask),
+    }
+    return lax.psum(sums, parallel.AXIS)
+
+
+def make_train_step(mesh: Mesh, **kwargs) -> Callable:
+    """``(state, batch) -> (state, metrics)``, jitted over ``mesh``; ``state`` is donated."""
+    fn = parallel.per_device(
+        lambda s, b: train_step_per_device(s, b, **kwargs), mesh, (P(), P(parallel.AXIS)), P()
+    )
+    return jax.jit(fn, donate_argnums=0)
+
+
+def make_eval_step(mesh: Mesh, **kwargs) -> Callable:
+    """``(state, batch) -> summed metrics``, jitted over ``mesh``."""
+    fn = parallel.per_device(
+        lambda s, b: eval_step_per_device(s, b, **kwargs), mesh, (P(), P(parallel.AXIS)), P()
+    )
+    return jax.jit(fn)
