@@ -58,6 +58,17 @@ class Checkpointer:
         )
         return restored.state, restored.progress
 
+    def read(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restores step ``step`` (default: the newest) as host arrays, without a template."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, restored.progress
+
     def wait(self) -> None:
         """Blocks until every started save is committed to disk."""
         self._manager.wait_until_finished()

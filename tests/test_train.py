@@ -1,0 +1,90 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cnnjax import checkpoint, train
+from cnnjax.config import ConfigError
+from cnnjax.metrics import read_jsonl
+from tests.helpers import tiny_config
+
+METRIC_KEYS = ("train_loss", "train_accuracy", "learning_rate", "eval_loss", "eval_accuracy")
+
+
+def _final_state(workdir):
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
+    step = ckpt.latest_step()
+    state, _ = ckpt.read(step)
+    ckpt.close()
+    return step, jax.tree.map(np.asarray, state)
+
+
+def _metrics(workdir):
+    return [{k: r[k] for k in ("step", *METRIC_KEYS) if k in r}
+            for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, data_dir):
+    config = tiny_config(data_dir, num_steps=24, checkpoint_every_steps=100)
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.run(config, straight)
+    # 7 steps is mid-epoch (42 steps per epoch) and mid log window (every 5 steps).
+    first = train.run(config, resumed, stop_at_step=7)
+    assert first["step"] == 7
+    train.run(config, resumed)
+
+    step_a, a = _final_state(straight)
+    step_b, b = _final_state(resumed)
+    assert step_a == step_b == 24
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(x, y)  # bit for bit
+    assert _metrics(straight) == _metrics(resumed)
+
+
+def test_workdir_files_and_summary(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    summary = train.run(tiny_config(data_dir), workdir)
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["step"] == 20
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["train"]["num_steps"] == 20
+    records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    log = [r for r in records if "train_loss" in r]
+    assert [r["step"] for r in log] == [5, 10, 15, 20]
+    for key in ("epoch", "train_accuracy", "learning_rate", "steps_per_sec", "images_per_sec"):
+        assert key in log[0]
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [10, 20]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+
+
+def test_relaunching_a_finished_run_resumes_instead_of_retraining(tmp_path, data_dir, capsys):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir)
+    train.run(config, workdir)
+    capsys.readouterr()
+    train.run(config, workdir)
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "step 5/20" not in out
+
+
+def test_a_workdir_of_a_different_run_is_refused_untouched(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    train.run(tiny_config(data_dir), workdir)
+    before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+    other = tiny_config(data_dir)
+    other.optimizer.learning_rate = 0.01
+    with pytest.raises(ConfigError, match=r"optimizer.learning_rate: 0.05 -> 0.01.*--workdir"):
+        train.run(other, workdir)
+    after = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+    assert before == after
+
+
+def test_indivisible_batch_fails_before_any_work(tmp_path, data_dir):
+    config = tiny_config(data_dir)
+    config.data.batch_size = 30  # 8 devices
+    with pytest.raises(ConfigError, match="data.batch_size=30 is not divisible by the 8 devices"):
+        train.run(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
