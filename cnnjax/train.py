@@ -50,11 +50,9 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, allow_chang
         os.replace(tmp, path)
 
 
-def _eval(eval_step, state, split: data_lib.Split, batch_size: int, mesh) -> dict[str, float]:
+def _eval(eval_step, state, data: data_lib.Data, batch_size: int, mesh) -> dict[str, float]:
     totals = None
-    for local in data_lib.eval_batches(
-        split.images, split.labels, batch_size, jax.process_index(), jax.process_count()
-    ):
+    for local in data.eval_batches(batch_size):
         sums = eval_step(state, parallel.global_batch(local, mesh))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     return metrics_lib.summarize_eval(totals)
@@ -77,14 +75,9 @@ def run(
     workdir = os.path.abspath(workdir)
     prepare_workdir(config, workdir, allow_config_change)
 
-    # Data: whole splits in host memory; each process reads its slice of every batch.
-    train_split = data_lib.load(config.data.name, "train", config.data.data_dir)
-    test_split = data_lib.load(config.data.name, "test", config.data.data_dir)
-    info = data_lib.info_from(config.data.name, train_split)
-    loader = data_lib.InMemoryLoader(
-        train_split.images, train_split.labels, config.data.batch_size, config.seed,
-        jax.process_index(), jax.process_count(),
-    )
+    # Data: each process reads its slice of every global batch.
+    data = data_lib.build(config.data, config.seed, jax.process_index(), jax.process_count())
+    info, loader = data.info, data.train
     spe = loader.steps_per_epoch
     t = config.train
     total_steps = t.num_steps if t.num_steps >= 0 else int(round(t.num_epochs * spe))
@@ -108,6 +101,7 @@ def run(
     if (latest := ckpt.latest_step()) is not None:
         state, progress = ckpt.restore(latest, state)
         start_step, pending = progress["step"], progress["pending_metrics"]
+        loader.restore(start_step, progress["data"])
         _log(f"resumed from {ckpt.directory}/{latest}")
     writer = None
     if jax.process_index() == 0:
@@ -122,7 +116,7 @@ def run(
     eval_step = steps.make_eval_step(mesh, model=model, **stats)
     _log(
         f"training {config.model.name} ({num_params:,} params) on {info.name} "
-        f"({len(train_split)} train / {len(test_split)} test) for {total_steps} steps "
+        f"({data.num_train} train / {data.num_eval} test) for {total_steps} steps "
         f"({spe} per epoch) on {jax.device_count()} device(s); workdir {workdir}"
     )
 
@@ -143,7 +137,7 @@ def run(
             record.update(steps_per_sec=rate, images_per_sec=rate * config.data.batch_size)
             pending, window_start, window_step = [], time.time(), done
         if done % eval_every == 0 or done == total_steps:
-            last_eval = _eval(eval_step, state, test_split, config.data.eval_batch_size, mesh)
+            last_eval = _eval(eval_step, state, data, config.data.eval_batch_size, mesh)
             record.update(last_eval)
         if record:
             record = {"step": done, "epoch": done / spe, **record}
@@ -153,7 +147,7 @@ def run(
         if done % t.checkpoint_every_steps == 0 or done == end:
             progress = {
                 "step": done,
-                "data": {"epoch": done // spe, "index_in_epoch": done % spe},
+                "data": loader.state(done),
                 "pending_metrics": metrics_lib.to_floats(pending),
                 "config": config_lib.to_dict(config),
             }

@@ -16,9 +16,14 @@ import os
 
 import numpy as np
 
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
 from cnnjax.data.loader import InMemoryLoader, eval_batches
 
-__all__ = ["DatasetInfo", "InMemoryLoader", "Split", "eval_batches", "load", "names"]
+__all__ = [
+    "Data", "DatasetInfo", "InMemoryLoader", "Split", "build", "eval_batches", "load", "names",
+]
 
 # Datasets whose builder ships in cnnjax: name -> module that registers the builder.
 _BUILTIN = {"digits": "cnnjax.data.builders.digits"}
@@ -98,4 +103,57 @@ def info_from(name: str, train: Split, num_classes: int | None = None) -> Datase
         image_shape=tuple(int(d) for d in train.images.shape[1:]),
         mean=tuple(float(m) for m in pixels.mean(0)),
         std=tuple(float(s) for s in pixels.std(0)),
+    )
+
+
+class TrainLoader(Protocol):
+    """What the training loop needs of a loader: this process's slice of global batch ``step``.
+
+    ``batch`` is called with consecutive steps. ``state``/``restore`` carry the data position
+    in the checkpoint (JSON); a loader that is a pure function of the step may return ``{}``.
+    """
+
+    steps_per_epoch: int
+
+    def batch(self, step: int) -> dict[str, np.ndarray]: ...
+
+    def state(self, step: int) -> dict[str, Any]: ...
+
+    def restore(self, step: int, state: dict[str, Any]) -> None: ...
+
+
+@dataclasses.dataclass
+class Data:
+    """Everything a run needs from its data.
+
+    Attributes:
+      info: classes, image shape, normalisation statistics.
+      train: the training loader.
+      eval_batches: ``eval_batches(global_batch_size)`` yields this process's slices of the
+        test split, every example exactly once, padding masked (``mask`` = 0).
+      num_train, num_eval: split sizes.
+    """
+
+    info: DatasetInfo
+    train: TrainLoader
+    eval_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
+    num_train: int
+    num_eval: int
+
+
+def build(cfg, seed: int, process_index: int = 0, process_count: int = 1) -> Data:
+    """The data of a run from the ``data`` section of its config."""
+    train = load(cfg.name, "train", cfg.data_dir)
+    test = load(cfg.name, "test", cfg.data_dir)
+    loader = InMemoryLoader(
+        train.images, train.labels, cfg.batch_size, seed, process_index, process_count
+    )
+    return Data(
+        info=info_from(cfg.name, train),
+        train=loader,
+        eval_batches=lambda batch_size: eval_batches(
+            test.images, test.labels, batch_size, process_index, process_count
+        ),
+        num_train=len(train),
+        num_eval=len(test),
     )

@@ -56,6 +56,14 @@ class InMemoryLoader:
         start = i * self.global_batch_size + self._offset
         return self._order[start : start + self.local_batch_size]
 
+    def state(self, step: int) -> dict[str, int]:
+        """The data position after ``step`` steps (informational: the step alone fixes it)."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        return {"epoch": epoch, "index_in_epoch": index}
+
+    def restore(self, step: int, state: dict[str, int]) -> None:
+        del step, state  # batches are a pure function of the step
+
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """``{"images": [b, h, w, c] uint8, "labels": [b] int32}`` for this process."""
         idx = self.indices(step)
