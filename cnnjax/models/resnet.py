@@ -1,0 +1,180 @@
+"""ResNet v1.5 for ImageNet-sized inputs, laid out like torchvision's ``resnet18``..``resnet152``.
+
+v1.5 puts the stride of a downsampling bottleneck in its 3x3 convolution (torchvision's choice),
+not in the first 1x1. Padding is explicit everywhere (3 for the 7x7 stem, 1 for every 3x3
+convolution and for the 3x3/2 max-pool), so the outputs equal torchvision's for any image size,
+odd sides included; ``"SAME"`` would pad strided layers asymmetrically and differ.
+
+Submodule names follow torchvision's state_dict keys (``conv1``, ``bn1``, ``layer1_0``, ...,
+``downsample_conv``/``downsample_bn`` for ``downsample.0``/``downsample.1``; the classifier is
+``head`` for torchvision's ``fc``), which keeps :mod:`cnnjax.models.pretrained` mechanical.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax.models import register
+
+# torchvision initialises convolutions with kaiming_normal_(mode="fan_out", nonlinearity="relu")
+# (an untruncated normal) and Linear layers with U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def dense_bias_init(fan_in: int):
+    """PyTorch's Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def pad(p: int):
+    """Explicit symmetric padding of ``p`` on both spatial sides."""
+    return ((p, p), (p, p))
+
+
+class _Block(nn.Module):
+    """Shared fields and layer factories of the residual blocks."""
+
+    features: int
+    strides: int = 1
+    zero_init_residual: bool = False
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    def conv(self, features, kernel, strides=1, name=None):
+        return nn.Conv(
+            features,
+            (kernel, kernel),
+            strides=(strides, strides),
+            padding=pad(kernel // 2),
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
+
+    def norm(self, train, name, zero=False):
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
+            axis_name=self.axis_name if train else None,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
+
+    def shortcut(self, x, out_features, train):
+        if self.strides == 1 and x.shape[-1] == out_features:
+            return x
+        x = self.conv(out_features, 1, self.strides, name="downsample_conv")(x)
+        return self.norm(train, "downsample_bn")(x)
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convolutions (ResNet-18/34); the first carries the stride."""
+
+    expansion: ClassVar[int] = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out = self.conv(self.features, 3, self.strides, name="conv1")(x)
+        out = nn.relu(self.norm(train, "bn1")(out))
+        out = self.conv(self.features, 3, name="conv2")(out)
+        out = self.norm(train, "bn2", zero=self.zero_init_residual)(out)
+        return nn.relu(out + self.shortcut(x, self.features, train))
+
+
+class Bottleneck(_Block):
+    """1x1 reduce -> 3x3 (strided: v1.5) -> 1x1 expand to ``4 * features`` (ResNet-50 and up)."""
+
+    expansion: ClassVar[int] = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out_features = self.features * self.expansion
+        out = self.conv(self.features, 1, name="conv1")(x)
+        out = nn.relu(self.norm(train, "bn1")(out))
+        out = self.conv(self.features, 3, self.strides, name="conv2")(out)
+        out = nn.relu(self.norm(train, "bn2")(out))
+        out = self.conv(out_features, 1, name="conv3")(out)
+        out = self.norm(train, "bn3", zero=self.zero_init_residual)(out)
+        return nn.relu(out + self.shortcut(x, out_features, train))
+
+
+BLOCKS: dict[str, type[_Block]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNet(nn.Module):
+    """ResNet v1.5: 7x7/2 stem + 3x3/2 max-pool, four stages, global average pool, dense head.
+
+    Attributes:
+      num_classes: number of output logits.
+      stage_sizes: blocks in each of the stages (widths 64, 128, 256, ... times the expansion).
+      block: ``"basic"`` (two 3x3 convolutions) or ``"bottleneck"`` (1x1-3x3-1x1).
+      zero_init_residual: start the last BatchNorm scale of every block at zero, so each
+        residual branch begins as the identity (Goyal et al. 2017; torchvision's flag).
+      dtype: computation dtype; parameters stay float32 and logits are returned as float32.
+      axis_name: device axis BatchNorm averages batch statistics over in training.
+    """
+
+    num_classes: int = 1000
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    block: Any = "basic"
+    zero_init_residual: bool = False
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        block_cls = BLOCKS[self.block] if isinstance(self.block, str) else self.block
+        x = jnp.asarray(x, self.dtype)
+        x = nn.Conv(
+            64, (7, 7), strides=(2, 2), padding=pad(3), use_bias=False, kernel_init=conv_init,
+            dtype=self.dtype, param_dtype=jnp.float32, name="conv1",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5,
+            axis_name=self.axis_name if train else None,
+            dtype=self.dtype, param_dtype=jnp.float32, name="bn1",
+        )(x)
+        x = nn.relu(x)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(1))
+        for i, num_blocks in enumerate(self.stage_sizes):
+            for j in range(num_blocks):
+                x = block_cls(
+                    features=64 * 2**i,
+                    strides=2 if i > 0 and j == 0 else 1,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    axis_name=self.axis_name,
+                    name=f"layer{i + 1}_{j}",
+                )(x, train=train)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(
+            self.num_classes, kernel_init=dense_kernel_init,
+            bias_init=dense_bias_init(x.shape[-1]),
+            dtype=self.dtype, param_dtype=jnp.float32, name="head",
+        )(x)
+        return x.astype(jnp.float32)
+
+
+register("resnet18", functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic"))
+register("resnet34", functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="basic"))
+register("resnet50", functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck"))
+register("resnet101", functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block="bottleneck"))
+register("resnet152", functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block="bottleneck"))
