@@ -15,6 +15,9 @@ checkpoint.
 from __future__ import annotations
 
 import os
+import shutil
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -30,7 +33,9 @@ class Checkpointer:
             self.directory,
             item_names=("state", "progress"),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=True
+                max_to_keep=keep, create=True, enable_async_checkpointing=True,
+                # leftovers of a save that was killed half-way are removed at start-up
+                cleanup_tmp_directories=True,
             ),
         )
 
@@ -57,6 +62,37 @@ class Checkpointer:
             ),
         )
         return restored.state, restored.progress
+
+    def restore_latest(
+        self, like: Any, warn: Callable[[str], None] = print
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """Restores the newest readable checkpoint, or returns None when there is none.
+
+        An unreadable checkpoint (truncated or missing files) is moved aside to
+        ``<checkpoints>/../checkpoints_damaged/<step>-<time>`` (never deleted) with a warning
+        naming its path, and the next newest is tried.
+        """
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                return self.restore(step, like)
+            except Exception as e:  # any read failure means: fall back to an older one
+                path = os.path.join(self.directory, str(step))
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else repr(e)
+                aside = self._move_aside(step)
+                warn(
+                    f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {reason}); "
+                    f"moved it to {aside} and falling back to an older checkpoint"
+                )
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        damaged = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged")
+        target = os.path.join(damaged, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if jax.process_index() == 0:
+            os.makedirs(damaged, exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()
+        return target
 
     def read(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores step ``step`` (default: the newest) as host arrays, without a template."""

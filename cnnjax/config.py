@@ -17,6 +17,7 @@ import ml_collections
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "piecewise")
+NAN_POLICIES = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.num_epochs = 10.0  # training length in epochs (fractions allowed)...
     c.train.num_steps = -1  # ...or in steps when >= 0 (takes precedence)
     c.train.label_smoothing = 0.0
+    # What a non-finite loss or gradient does: "stop" (error naming the step; the state is
+    # never checkpointed) or "skip" (drop that update, count it in metrics.jsonl).
+    c.train.nan_policy = "stop"
     c.train.log_every_steps = 50  # a train-metrics line in metrics.jsonl
     c.train.eval_every_steps = -1  # -1 = at the end of every epoch; 0 = only at the end
     c.train.checkpoint_every_steps = 500  # and always at the end of the run
@@ -176,6 +180,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
              f"optimizer.grad_clip_norm must be >= 0 (0 disables it), got {o['grad_clip_norm']}")
     _require(0 <= t["label_smoothing"] < 1,
              f"train.label_smoothing must be in [0, 1), got {t['label_smoothing']}")
+    _require(t["nan_policy"] in NAN_POLICIES,
+             f"unknown train.nan_policy {t['nan_policy']!r}; choose one of: "
+             f"{', '.join(NAN_POLICIES)}")
     _require(t["num_epochs"] >= 0, f"train.num_epochs must be >= 0, got {t['num_epochs']}")
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")

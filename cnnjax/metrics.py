@@ -19,6 +19,16 @@ def mean_of(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.mean(np.asarray([m[k] for m in host], np.float64))) for k in host[0]}
 
 
+def train_record(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The metrics.jsonl fields of a window of train steps: means, and skipped-step count."""
+    means = mean_of(steps)
+    record = {"learning_rate": means.pop("learning_rate")}
+    skipped = means.pop("nonfinite", 0.0) * len(steps)
+    record.update({f"train_{k}": v for k, v in means.items()})
+    record["skipped_steps"] = round(skipped)
+    return record
+
+
 def to_floats(steps: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
     """Per-step metric dicts as Python floats (exact: float32 -> float64 is lossless)."""
     return [{k: float(v) for k, v in m.items()} for m in jax.device_get(list(steps))]

@@ -94,8 +94,14 @@ def train_step_per_device(
     label_smoothing: float = 0.0,
     crop_padding: int = 0,
     flip: bool = False,
+    skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on this device's shard ``batch`` (``images`` uint8, ``labels`` int32)."""
+    """One update on this device's shard ``batch`` (``images`` uint8, ``labels`` int32).
+
+    ``metrics["nonfinite"]`` is 1 when the loss or a gradient is not finite; with
+    ``skip_nonfinite`` such an update is dropped (params, batch stats and optimizer state stay
+    as they were, as ``optax.apply_if_finite`` does) while the step counter still advances.
+    """
     step_key = jax.random.fold_in(state.rng, state.step)
     labels = batch["labels"]
     local = labels.shape[0]
@@ -124,10 +130,21 @@ def train_step_per_device(
     grads = lax.pmean(grads, parallel.AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # After the pmean every device sees the same gradients, so all agree on `finite`.
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
+    finite = lax.pmin(finite.astype(jnp.int32), parallel.AXIS).astype(bool)
+    if skip_nonfinite:
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        params = keep(params, state.params)
+        opt_state = keep(opt_state, state.opt_state)
+        batch_stats = keep(batch_stats, state.batch_stats)
     metrics = {
         "loss": lax.pmean(loss, parallel.AXIS),
         "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), parallel.AXIS),
         "learning_rate": schedule(state.step),
+        "nonfinite": 1 - finite.astype(jnp.int32),
     }
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state

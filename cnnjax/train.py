@@ -3,7 +3,7 @@
 Workdir layout (written by process 0):
   config.json      the resolved config of the run
   metrics.jsonl    one JSON line per log step and per evaluation
-  checkpoints/     Orbax checkpoints; a relaunch resumes from the newest complete one
+  checkpoints/     Orbax checkpoints; a relaunch resumes from the newest readable one
 """
 
 from __future__ import annotations
@@ -21,6 +21,22 @@ from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
 from cnnjax import models, optim, parallel, steps
 from cnnjax.checkpoint import Checkpointer
+from cnnjax.preemption import PreemptionGuard
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM/SIGINT once the current step's checkpoint is committed."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(
+            f"preempted: saved and committed the checkpoint of step {step} in "
+            f"{workdir}/checkpoints; relaunch the same command to resume"
+        )
+        self.step = step
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradients stopped being finite under ``nan_policy='stop'``."""
 
 
 def _log(*args: Any) -> None:
@@ -28,26 +44,47 @@ def _log(*args: Any) -> None:
         print(*args, flush=True)
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> None:
-    """Creates ``workdir`` and records the config; refuses a workdir of a different run."""
-    resolved = config_lib.to_dict(config)
+def check_workdir(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> None:
+    """Refuses, before anything is written, a workdir that holds a run of another config."""
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
+    if os.path.isfile(path) and not allow_change:
         with open(path) as f:
             previous = json.load(f)
-        changed = config_lib.diff(previous, resolved)
-        if changed and not allow_change:
+        if changed := config_lib.diff(previous, config_lib.to_dict(config)):
             raise config_lib.ConfigError(
                 f"workdir {workdir} holds a run with a different config ({changed}); "
                 "pass another --workdir to start fresh, or --allow_config_change to resume "
                 "it with the new config"
             )
-    if jax.process_index() == 0:
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Creates ``workdir`` and records the resolved config (atomically)."""
+    try:
         os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, "config.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(resolved, f, indent=2, sort_keys=True)
+            json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
         os.replace(tmp, path)
+    except OSError as e:
+        raise config_lib.ConfigError(
+            f"workdir {workdir} is not writable ({e.strerror}); pass a writable --workdir"
+        ) from None
+
+
+def check_input_shape(model, info: data_lib.DatasetInfo, model_name: str) -> None:
+    """Traces ``model.init`` abstractly (no compilation) to catch an image size it can't take."""
+    shape = (1, *info.image_shape)
+    try:
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros(shape)))
+    except Exception as e:  # any shape error inside the model, reported in one line
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        h, w, c = info.image_shape
+        raise config_lib.ConfigError(
+            f"model {model_name!r} cannot take the {h}x{w}x{c} images of {info.name!r} "
+            f"({reason}); choose a model for this image size or resize the data"
+        ) from None
 
 
 def _eval(eval_step, state, data: data_lib.Data, batch_size: int, mesh) -> dict[str, float]:
@@ -56,6 +93,18 @@ def _eval(eval_step, state, data: data_lib.Data, batch_size: int, mesh) -> dict[
         sums = eval_step(state, parallel.global_batch(local, mesh))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     return metrics_lib.summarize_eval(totals)
+
+
+def _check_finite(pending: list[dict[str, Any]], first_step: int, policy: str) -> None:
+    if policy != "stop":
+        return
+    for i, m in enumerate(metrics_lib.to_floats(pending)):
+        if m["nonfinite"]:
+            raise NonFiniteError(
+                f"loss or gradients are not finite at step {first_step + i + 1}; stopped without "
+                "saving it (the last good checkpoint is kept). Lower the learning rate, add "
+                "--config.optimizer.grad_clip_norm, or set --config.train.nan_policy=skip"
+            )
 
 
 def run(
@@ -68,12 +117,14 @@ def run(
     """Trains (or resumes) the run described by ``config`` in ``workdir``.
 
     ``stop_at_step`` stops early as an interruption would (after saving a checkpoint), for a
-    run that a later call resumes. Returns the summary that is also printed.
+    run that a later call resumes. Returns the summary that is also printed. Raises
+    ``ConfigError`` before any work for a config that cannot run, ``Preempted`` after saving
+    on SIGTERM/SIGINT, and ``NonFiniteError`` under ``nan_policy='stop'``.
     """
     start_time = time.time()
     config_lib.validate(config, jax.device_count())
     workdir = os.path.abspath(workdir)
-    prepare_workdir(config, workdir, allow_config_change)
+    check_workdir(config, workdir, allow_config_change)
 
     # Data: each process reads its slice of every global batch.
     data = data_lib.build(config.data, config.seed, jax.process_index(), jax.process_count())
@@ -89,20 +140,23 @@ def run(
     model = models.get_model(
         config.model.name, num_classes=info.num_classes, axis_name=parallel.AXIS, **model_kwargs
     )
+    check_input_shape(model, info, config.model.name)
+    if jax.process_index() == 0:
+        write_config(config, workdir)
     schedule = optim.make_schedule(config.optimizer, spe, total_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
     state = steps.init_state(model, tx, config.seed, info.image_shape, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
-    # Resume from the newest complete checkpoint, if any.
+    # Resume from the newest readable checkpoint, if any.
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-    pending: list[dict[str, float]] = []
+    pending: list[dict[str, Any]] = []
     start_step = 0
-    if (latest := ckpt.latest_step()) is not None:
-        state, progress = ckpt.restore(latest, state)
+    if (restored := ckpt.restore_latest(state, warn=_log)) is not None:
+        state, progress = restored
         start_step, pending = progress["step"], progress["pending_metrics"]
         loader.restore(start_step, progress["data"])
-        _log(f"resumed from {ckpt.directory}/{latest}")
+        _log(f"resumed from {ckpt.directory}/{start_step}")
     writer = None
     if jax.process_index() == 0:
         writer = metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step)
@@ -111,7 +165,7 @@ def run(
     train_step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
         label_smoothing=t.label_smoothing, crop_padding=config.data.crop_padding,
-        flip=config.data.flip, **stats,
+        flip=config.data.flip, skip_nonfinite=t.nan_policy == "skip", **stats,
     )
     eval_step = steps.make_eval_step(mesh, model=model, **stats)
     _log(
@@ -120,38 +174,47 @@ def run(
         f"({spe} per epoch) on {jax.device_count()} device(s); workdir {workdir}"
     )
 
+    def save(done: int) -> None:
+        _check_finite(pending, done - len(pending), t.nan_policy)
+        progress = {
+            "step": done,
+            "data": loader.state(done),
+            "pending_metrics": metrics_lib.to_floats(pending),
+            "config": config_lib.to_dict(config),
+        }
+        ckpt.save(done, state, progress)
+
     end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
     last_eval: dict[str, float] = {}
     window_start, window_step = time.time(), start_step
-    for step in range(start_step, end):
-        batch = parallel.global_batch(loader.batch(step), mesh)
-        state, metrics = train_step(state, batch)
-        pending.append(metrics)
-        done = step + 1
-        record: dict[str, Any] = {}
-        if done % t.log_every_steps == 0 or done == total_steps:
-            elapsed = time.time() - window_start
-            rate = (done - window_step) / max(elapsed, 1e-9)
-            record.update({f"train_{k}" if k != "learning_rate" else k: v
-                           for k, v in metrics_lib.mean_of(pending).items()})
-            record.update(steps_per_sec=rate, images_per_sec=rate * config.data.batch_size)
-            pending, window_start, window_step = [], time.time(), done
-        if done % eval_every == 0 or done == total_steps:
-            last_eval = _eval(eval_step, state, data, config.data.eval_batch_size, mesh)
-            record.update(last_eval)
-        if record:
-            record = {"step": done, "epoch": done / spe, **record}
-            if writer:
-                writer.write(record)
-            _log(_progress_line(record, total_steps))
-        if done % t.checkpoint_every_steps == 0 or done == end:
-            progress = {
-                "step": done,
-                "data": loader.state(done),
-                "pending_metrics": metrics_lib.to_floats(pending),
-                "config": config_lib.to_dict(config),
-            }
-            ckpt.save(done, state, progress)
+    with PreemptionGuard() as preemption:
+        for step in range(start_step, end):
+            batch = parallel.global_batch(loader.batch(step), mesh)
+            state, metrics = train_step(state, batch)
+            pending.append(metrics)
+            done = step + 1
+            record: dict[str, Any] = {}
+            if done % t.log_every_steps == 0 or done == total_steps:
+                _check_finite(pending, step + 1 - len(pending), t.nan_policy)
+                rate = (done - window_step) / max(time.time() - window_start, 1e-9)
+                record.update(metrics_lib.train_record(pending))
+                record.update(steps_per_sec=rate, images_per_sec=rate * config.data.batch_size)
+                pending, window_start, window_step = [], time.time(), done
+            if done % eval_every == 0 or done == total_steps:
+                last_eval = _eval(eval_step, state, data, config.data.eval_batch_size, mesh)
+                record.update(last_eval)
+            if record:
+                record = {"step": done, "epoch": done / spe, **record}
+                if writer:
+                    writer.write(record)
+                _log(_progress_line(record, total_steps))
+            if preemption.requested():
+                save(done)
+                ckpt.wait()
+                ckpt.close()
+                raise Preempted(done, workdir)
+            if done % t.checkpoint_every_steps == 0 or done == end:
+                save(done)
     ckpt.wait()
     ckpt.close()
 
@@ -179,7 +242,8 @@ def _progress_line(record: dict[str, Any], total_steps: int) -> str:
         ("train_loss", "loss {:.4f}"), ("train_accuracy", "acc {:.4f}"),
         ("eval_loss", "test loss {:.4f}"), ("eval_accuracy", "test acc {:.4f}"),
         ("learning_rate", "lr {:.4g}"), ("images_per_sec", "{:.0f} img/s"),
+        ("skipped_steps", "skipped {:.0f}"),
     ):
-        if key in record:
+        if record.get(key):
             parts.append(fmt.format(record[key]))
     return "  ".join(parts)
