@@ -49,6 +49,17 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir whose recorded config differs from this one."
 )
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks and library logs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "Multi-host: host:port of process 0. Without it, SLURM and Cloud TPU are auto-detected.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
+# Exit statuses a scheduler can act on.
+EXIT_CONFIG = 2  # bad input: nothing ran, nothing changed
+EXIT_NONFINITE = 3  # nan_policy=stop fired; the last good checkpoint is kept
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint committed, relaunch to resume
 
 
 def default_workdir(config_arg: str) -> str:
@@ -71,15 +82,29 @@ def _load_config():
         _fail(f"config file {config_arg!r} failed to load: {type(cause).__name__}: {cause}")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    # A malformed flag value is one line and exit status 2, like every other bad input.
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{e}; see --helpfull")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
     if not _VERBOSE.value:  # Orbax and TFDS log every step of their work at INFO
         logging.set_verbosity(logging.WARNING)
     config = _load_config()
-    from cnnjax import train
+    from cnnjax import parallel, train
     from cnnjax.config import ConfigError
 
+    try:
+        parallel.initialize_distributed(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
+    except ValueError as e:
+        _fail(str(e))
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     try:
         train.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
@@ -87,8 +112,16 @@ def main(argv: list[str]) -> int:
         if _VERBOSE.value:
             raise
         _fail(str(e))
+    except train.Preempted as e:
+        print(e, file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    except train.NonFiniteError as e:
+        if _VERBOSE.value:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

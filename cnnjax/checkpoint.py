@@ -42,6 +42,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The steps of every complete checkpoint, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
         """Starts an asynchronous save of ``state`` and ``progress`` at ``step``."""
         self._manager.save(

@@ -54,7 +54,7 @@ class JsonlWriter:
         self.path = path
         if os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+                kept = [line for line in f if _step_of(line) <= resume_step]
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(kept)
@@ -65,6 +65,49 @@ class JsonlWriter:
             f.write(json.dumps(record) + "\n")
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line cut short by a crash counts as not written."""
+    try:
+        return json.loads(line)["step"] if line.endswith("\n") else float("inf")
+    except (ValueError, KeyError):
+        return float("inf")
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+class RunWriter:
+    """Process 0's record of a run: ``metrics.jsonl``, TensorBoard event files in
+    ``tensorboard/`` (mirroring metrics.jsonl, resumed runs included) and the console (the
+    lines of ``print`` plus, on a terminal, a progress bar).
+    """
+
+    def __init__(self, workdir: str, resume_step: int, total_steps: int, steps_per_epoch: int,
+                 batch_size: int):
+        from cnnjax.progress import ProgressBar
+        from cnnjax.tensorboard import EventWriter
+
+        self.jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
+        kept = read_jsonl(self.jsonl.path) if os.path.exists(self.jsonl.path) else []
+        self.last_eval = next(({k: v for k, v in r.items() if k.startswith("eval_")}
+                               for r in reversed(kept) if "eval_loss" in r), {})
+        self.tensorboard = EventWriter(os.path.join(workdir, "tensorboard"), kept)
+        self.bar = ProgressBar(total_steps, steps_per_epoch, batch_size)
+
+    def update(self, step: int, metrics: dict[str, Any]) -> None:
+        """After every step: advances the progress bar (a no-op off a terminal)."""
+        self.bar.update(step, metrics)
+
+    def write(self, record: dict[str, Any], line: str) -> None:
+        """Records a log/eval step and prints its one-line summary."""
+        self.jsonl.write(record)
+        self.tensorboard.write(record)
+        if "eval_loss" in record:
+            self.last_eval = {k: v for k, v in record.items() if k.startswith("eval_")}
+        self.bar.print(line)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.tensorboard.close()

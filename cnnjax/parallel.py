@@ -7,6 +7,7 @@ a function through ``jax.shard_map`` over a 1-D mesh of every device of every pr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -45,3 +46,39 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 def to_host(tree: Any) -> Any:
     """Replicated global arrays -> numpy on this host."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Starts JAX's multi-process runtime when the run spans several processes.
+
+    Explicit arguments win; otherwise SLURM (more than one task) and Cloud TPU pods are
+    detected by ``jax.distributed.initialize()`` itself. On CPU, collectives go over gloo.
+    Returns whether the distributed runtime was started.
+    """
+    explicit = coordinator_address is not None
+    given = [x is not None for x in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError(
+            "multi-host runs need all of --coordinator_address, --num_processes and "
+            "--process_id (or none, to auto-detect SLURM / Cloud TPU)"
+        )
+    if explicit and not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"--process_id={process_id} is out of range for --num_processes={num_processes}; "
+            f"use 0..{num_processes - 1}"
+        )
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+    tpu = "TPU_WORKER_HOSTNAMES" in os.environ or "CLOUD_TPU_TASK_ID" in os.environ
+    if not (explicit or slurm or tpu):
+        return False
+    # Only the CPU client uses this setting: CPU collectives across processes go over gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    else:
+        jax.distributed.initialize()
+    return True

@@ -1,0 +1,147 @@
+"""Runs a tiny digits training in its own process, for tests that kill, signal or spread it.
+
+    python tests/driver.py --workdir=W --data_dir=D [--kill=MOMENT] [--stop_at=N]
+        [--coordinator=host:port --num_processes=2 --process_id=0]
+
+``--kill`` SIGKILLs this process at a chosen moment, so a test can relaunch and check that
+nothing was lost:
+  step:N       before the batch of step N is read (N steps done, maybe not saved)
+  save:N       right after the asynchronous save of step N has started (write in flight)
+  committed:N  right after the checkpoint of step N is committed
+  eval:K       during the K-th evaluation
+  jsonl:K      half-way through writing the K-th metrics line
+  restore      right after a checkpoint was restored
+  term:N, int:N  send SIGTERM / SIGINT to itself before step N (preemption, not a kill)
+  poison:N     make the params NaN before step N (exercises nan_policy)
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_kill(moment: str) -> None:
+    from cnnjax import checkpoint, data, metrics, train
+
+    kind, _, arg = moment.partition(":")
+    n = int(arg) if arg else 0
+    counter = {"n": 0}
+
+    def wrap(owner, name, before=None, after=None):
+        original = getattr(owner, name)
+
+        def wrapped(*args, **kwargs):
+            if before:
+                before(*args, **kwargs)
+            out = original(*args, **kwargs)
+            if after:
+                after(*args, **kwargs)
+            return out
+
+        setattr(owner, name, wrapped)
+
+    def count_and_die(*_a, **_k):
+        counter["n"] += 1
+        if counter["n"] == n:
+            die()
+
+    if kind == "step":
+        wrap(data.InMemoryLoader, "batch", before=lambda self, step: step == n and die())
+    elif kind == "save":
+        wrap(checkpoint.Checkpointer, "save", after=lambda self, step, *a: step == n and die())
+    elif kind == "committed":
+        def after_save(self, step, *a):
+            if step == n:
+                self.wait()
+                die()
+        wrap(checkpoint.Checkpointer, "save", after=after_save)
+    elif kind == "eval":
+        wrap(train, "_eval", before=count_and_die)
+    elif kind == "jsonl":
+        original = metrics.JsonlWriter.write
+
+        def write(self, record):
+            counter["n"] += 1
+            if counter["n"] == n:
+                import json
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record)[:20])
+                die()
+            original(self, record)
+
+        metrics.JsonlWriter.write = write
+    elif kind in ("term", "int"):
+        sig = signal.SIGTERM if kind == "term" else signal.SIGINT
+        wrap(data.InMemoryLoader, "batch",
+             before=lambda self, step: step == n and os.kill(os.getpid(), sig))
+    elif kind == "poison":
+        import jax
+        import jax.numpy as jnp
+
+        make = train.steps.make_train_step
+
+        def make_poisoned(*a, **k):
+            step_fn = make(*a, **k)
+
+            def poisoned(state, batch):
+                if int(state.step) == n:
+                    state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+                return step_fn(state, batch)
+
+            return poisoned
+
+        train.steps.make_train_step = make_poisoned
+    elif kind == "restore":
+        wrap(checkpoint.Checkpointer, "restore", after=lambda *a, **k: die())
+    else:
+        raise SystemExit(f"unknown --kill moment {moment!r}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--num_steps", type=int, default=24)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--stop_at", type=int)
+    p.add_argument("--kill")
+    p.add_argument("--coordinator")
+    p.add_argument("--num_processes", type=int)
+    p.add_argument("--process_id", type=int)
+    p.add_argument("--nan_policy", default="stop")
+    p.add_argument("--learning_rate", type=float, default=0.05)
+    args = p.parse_args()
+
+    from cnnjax import parallel, train
+
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    from tests.helpers import tiny_config
+
+    config = tiny_config(
+        args.data_dir, num_steps=args.num_steps, checkpoint_every_steps=5, keep_checkpoints=2,
+        nan_policy=args.nan_policy,
+    )
+    config.data.batch_size = args.batch_size
+    config.optimizer.learning_rate = args.learning_rate
+    if args.kill:
+        install_kill(args.kill)
+    try:
+        train.run(config, args.workdir, stop_at_step=args.stop_at)
+    except train.Preempted as e:
+        print(e, flush=True)
+        sys.exit(75)
+    except train.NonFiniteError as e:
+        print(f"error: {e}", flush=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
