@@ -8,7 +8,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
+from cnnjax import ops as scratch_ops
 from cnnjax.models import register
 
 
@@ -19,6 +21,32 @@ def _padding(padding: str | int | Sequence):
     if isinstance(padding, int):
         return ((padding, padding), (padding, padding))
     return tuple(tuple(p) if isinstance(p, Sequence) else (p, p) for p in padding)
+
+
+class ScratchConv(nn.Module):
+    """``nn.Conv`` computed by :func:`cnnjax.ops.conv2d`, with the same parameters.
+
+    Params ``kernel [kh, kw, in, features]`` (HWIO) and ``bias [features]``, with nn.Conv's
+    initialisers, so weights move freely between the two (and initialise identically under the
+    same module name).
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Any = 1
+    padding: Any = "SAME"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                           self.param_dtype) if self.use_bias else None)
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return scratch_ops.conv2d(x, kernel, stride=self.strides, padding=self.padding, bias=bias)
 
 
 @register("cnn")
@@ -38,6 +66,8 @@ class CNN(nn.Module):
       dense: widths of the hidden dense layers after flattening.
       batch_norm: BatchNorm after every convolution.
       dropout: dropout rate before each dense layer (0 disables it).
+      ops: ``"lax"`` (``nn.Conv``, ``nn.max_pool``/``nn.avg_pool``) or ``"scratch"``
+        (:mod:`cnnjax.ops`); the parameter tree is the same either way.
     """
 
     num_classes: int = 10
@@ -52,6 +82,7 @@ class CNN(nn.Module):
     dense: Sequence[int] = (128,)
     batch_norm: bool = False
     dropout: float = 0.0
+    ops: str = "lax"
     dtype: Any = jnp.float32
     axis_name: str | None = None
 
@@ -60,15 +91,27 @@ class CNN(nn.Module):
         act = getattr(nn, self.activation)
         x = x.astype(self.dtype)
         window = (self.pool_window, self.pool_window)
-        pool = {"max": nn.max_pool, "avg": nn.avg_pool, "none": None}[self.pool]
+        if self.ops not in ("lax", "scratch"):
+            raise ValueError(f"ops must be 'lax' or 'scratch', got {self.ops!r}")
+        scratch = self.ops == "scratch"
+        pools = {
+            "max": (partial(nn.max_pool, strides=window),
+                    partial(scratch_ops.max_pool, stride=window)),
+            "avg": (partial(nn.avg_pool, strides=window),
+                    partial(scratch_ops.avg_pool, stride=window)),
+            "none": (None, None),
+        }
+        pool = pools[self.pool][scratch]
+        conv = ScratchConv if scratch else nn.Conv
         for i, width in enumerate(self.features):
-            x = nn.Conv(
+            x = conv(
                 width,
                 (self.kernel_size, self.kernel_size),
                 strides=self.strides,
                 padding=_padding(self.padding),
                 use_bias=not self.batch_norm,
                 dtype=self.dtype,
+                name=f"Conv_{i}",  # the same param names for both ops
             )(x)
             if self.batch_norm:
                 x = nn.BatchNorm(
@@ -79,7 +122,7 @@ class CNN(nn.Module):
                 )(x)
             x = act(x)
             if pool is not None and (i + 1) % self.pool_every == 0:
-                x = pool(x, window, strides=window)
+                x = pool(x, window)
         x = x.reshape((x.shape[0], -1))
         for width in self.dense:
             if self.dropout:
