@@ -37,5 +37,5 @@ class MLP(nn.Module):
             x = act(nn.Dense(width, dtype=self.dtype)(x))
             if self.dropout:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return x.astype(jnp.float32)
