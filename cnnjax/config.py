@@ -40,6 +40,16 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 256  # global; the last eval batch is padded and masked
     c.data.crop_padding = 0  # random crop after this much zero padding (train only)
     c.data.flip = False  # random left-right flips (train only; wrong for digits and text)
+    # Soft-label mixing on device (0 = off). Both on: each example takes one, half the time.
+    c.data.mixup_alpha = 0.0  # mixup (Zhang et al. 2018): Beta(alpha, alpha) blend weights
+    c.data.cutmix_alpha = 0.0  # cutmix (Yun et al. 2019): Beta(alpha, alpha) kept-area share
+    c.data.image_size = 0  # training/eval height = width; 0 = the dataset's (data/catalog.py)
+    # "memory" decodes both splits into host memory once; "streaming" reads with Grain worker
+    # processes; "auto" takes memory when the decoded splits fit under max_memory_mb.
+    c.data.loader = "auto"
+    c.data.max_memory_mb = 4096
+    c.data.workers = 4  # streaming: Grain worker processes (0 = in this process)
+    c.data.skip_corrupt = False  # folder: skip undecodable images with a warning, not stop
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # one of OPTIMIZERS
@@ -152,6 +162,24 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _validate_data(data: dict[str, Any]) -> None:
+    from cnnjax.data import LOADERS
+
+    _require(data["loader"] in LOADERS,
+             f"unknown data.loader {data['loader']!r}; choose one of: {', '.join(LOADERS)}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _require(data[key] >= 0, f"data.{key} must be >= 0 (0 disables it), got {data[key]}")
+    _require(data["image_size"] >= 0,
+             f"data.image_size must be >= 0 (0 = the dataset's), got {data['image_size']}")
+    _require(data["max_memory_mb"] > 0,
+             f"data.max_memory_mb must be > 0, got {data['max_memory_mb']}")
+    _require(data["workers"] >= 0, f"data.workers must be >= 0, got {data['workers']}")
+    kind, sep, path = data["name"].partition(":")
+    _require(not (sep and kind in ("npz", "folder")) or bool(path.strip()),
+             f"data.name={data['name']!r} needs a path: {kind}:/path/to/data")
+    _require(bool(data["name"].strip()), "data.name must not be empty")
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ``ConfigError`` (one line: the value and the fix) for a config that cannot run."""
     from cnnjax import models
@@ -188,6 +216,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
     _require(data["crop_padding"] >= 0,
              f"data.crop_padding must be >= 0, got {data['crop_padding']}")
+    _validate_data(data)
     for key in ("batch_size", "eval_batch_size"):
         _require(data[key] > 0, f"data.{key} must be > 0, got {data[key]}")
         if device_count:

@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 from cnnjax import parallel
-from cnnjax.data.augment import augment
+from cnnjax.data.augment import augment, mix, soft_targets
 
 P = PartitionSpec
 
@@ -76,7 +76,8 @@ def init_state(
 
 
 def _cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
-    targets = jax.nn.one_hot(labels, num_classes)
+    """``labels``: ``[b]`` class indices, or ``[b, num_classes]`` soft targets (mixup/cutmix)."""
+    targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
@@ -95,6 +96,8 @@ def train_step_per_device(
     crop_padding: int = 0,
     flip: bool = False,
     skip_nonfinite: bool = False,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on this device's shard ``batch`` (``images`` uint8, ``labels`` int32).
 
@@ -111,6 +114,11 @@ def train_step_per_device(
         crop_padding=crop_padding, flip=flip,
     )
     images = normalize(images, mean, std)
+    images, lam, partner = mix(
+        images, jax.random.fold_in(step_key, 3), global_index,
+        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+    )
+    mixing = mixup_alpha > 0 or cutmix_alpha > 0
     # Dropout masks differ between devices, as they would between examples on one device.
     dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 2), lax.axis_index(parallel.AXIS))
 
@@ -121,7 +129,8 @@ def train_step_per_device(
         logits, updates = model.apply(
             variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
         )
-        loss = _cross_entropy(logits, labels, logits.shape[-1], label_smoothing).mean()
+        targets = soft_targets(labels, lam, partner, logits.shape[-1]) if mixing else labels
+        loss = _cross_entropy(logits, targets, logits.shape[-1], label_smoothing).mean()
         return loss, (logits, updates.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

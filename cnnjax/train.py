@@ -164,8 +164,8 @@ def run(
     stats = {"mean": info.mean, "std": info.std}
     train_step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
-        label_smoothing=t.label_smoothing, crop_padding=config.data.crop_padding,
-        flip=config.data.flip, skip_nonfinite=t.nan_policy == "skip", **stats,
+        label_smoothing=t.label_smoothing, skip_nonfinite=t.nan_policy == "skip",
+        **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
     )
     eval_step = steps.make_eval_step(mesh, model=model, **stats)
     _log(

@@ -1,32 +1,50 @@
-"""Datasets by name, and loaders whose batches are a pure function of (seed, step).
+"""Datasets by name, and the loaders that turn them into this process's training batches.
 
-``load(name, split, data_dir)`` returns a split's images and labels as host arrays;
-``DatasetInfo`` tells the loop what it needs to build a model (classes, image shape) and to
-normalise inputs (per-channel mean and std of the training images).
+``build(cfg, seed, process_index, process_count)`` opens the dataset of config section
+``data`` and returns a ``Data``: what the loop needs to build a model (classes, image shape)
+and to normalise inputs (per-channel mean and std), a training loader and the evaluation
+batches.
 
-Built in: ``digits`` (ships with scikit-learn; prepared locally into TFDS's data_dir on first
-use). Any other name is looked up in TensorFlow Datasets' catalog and read with
-``tfds.data_source``; it must have been prepared beforehand (see the README).
+Names: any TFDS image-classification dataset prepared as ArrayRecord (``mnist``, ``cifar10``,
+``imagenet2012``, ...; see ``catalog`` for the per-dataset table and ``prepare`` for the
+one-time preparation), ``digits`` (ships with scikit-learn, prepared on first use),
+``npz:/path/file.npz`` and ``folder:/path/dir`` (see ``local``).
+
+Loaders (``data.loader``): ``memory`` decodes both splits once into host arrays and reads
+batches that are a pure function of (seed, step); ``streaming`` reads them with Grain worker
+processes (see ``streaming``); ``auto`` takes ``memory`` when the decoded splits fit under
+``data.max_memory_mb``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 import numpy as np
 
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
-
 from cnnjax.data.loader import InMemoryLoader, eval_batches
+from cnnjax.data.sources import (
+    BUILTIN,
+    CorruptImageError,
+    DataNotPreparedError,
+    Source,
+    open_source,
+    prepare_builtin,
+    resolve_data_dir,
+)
+from cnnjax.data.transforms import Framing
 
 __all__ = [
-    "Data", "DatasetInfo", "InMemoryLoader", "Split", "build", "eval_batches", "load", "names",
+    "CorruptImageError", "Data", "DataNotPreparedError", "DatasetInfo", "InMemoryLoader",
+    "LOADERS", "Split", "build", "check", "describe", "eval_batches", "load", "names",
 ]
 
-# Datasets whose builder ships in cnnjax: name -> module that registers the builder.
-_BUILTIN = {"digits": "cnnjax.data.builders.digits"}
+LOADERS = ("auto", "memory", "streaming")
+STATS_SAMPLE = 2048  # training images that normalisation statistics are measured on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,26 +74,7 @@ class DatasetInfo:
 
 def names() -> list[str]:
     """Names that need no preparation step (the rest of the TFDS catalog works once prepared)."""
-    return sorted(_BUILTIN)
-
-
-def resolve_data_dir(data_dir: str) -> str:
-    """An empty ``data_dir`` means TFDS's default (``$TFDS_DATA_DIR`` or ~/tensorflow_datasets)."""
-    if data_dir:
-        return os.path.expanduser(data_dir)
-    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-
-
-def _prepare_builtin(name: str, data_dir: str) -> None:
-    import importlib
-
-    import tensorflow_datasets as tfds
-
-    importlib.import_module(_BUILTIN[name])
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-        tfds.disable_progress_bar()
-        builder.download_and_prepare()
+    return sorted(BUILTIN)
 
 
 def load(name: str, split: str, data_dir: str = "") -> Split:
@@ -83,8 +82,8 @@ def load(name: str, split: str, data_dir: str = "") -> Split:
     import tensorflow_datasets as tfds
 
     data_dir = resolve_data_dir(data_dir)
-    if name in _BUILTIN:
-        _prepare_builtin(name, data_dir)
+    if name in BUILTIN:
+        prepare_builtin(name, data_dir)
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     records = source.__getitems__(range(len(source)))
     images = np.stack([r["image"] for r in records])
@@ -132,6 +131,9 @@ class Data:
       eval_batches: ``eval_batches(global_batch_size)`` yields this process's slices of the
         test split, every example exactly once, padding masked (``mask`` = 0).
       num_train, num_eval: split sizes.
+      augment: the augmentation left to the train step on device (``steps.make_train_step``
+        keyword arguments: ``crop_padding``, ``flip``, ``mixup_alpha``, ``cutmix_alpha``).
+      loader: which loader was chosen, ``"memory"`` or ``"streaming"``.
     """
 
     info: DatasetInfo
@@ -139,21 +141,151 @@ class Data:
     eval_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
     num_train: int
     num_eval: int
+    augment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    loader: str = "memory"
+
+
+def check(cfg) -> Source:
+    """Opens the dataset of config section ``data`` (cheap: metadata and file headers).
+
+    Raises ``DataNotPreparedError`` or another one-line ``ConfigError`` for a dataset that
+    cannot be read, so that a run fails before any expensive work.
+    """
+    return open_source(cfg)
+
+
+def framing_for(source: Source, cfg) -> Framing:
+    """The input shape and framing of ``source``'s images under config section ``data``."""
+    spec = source.spec
+    size = cfg.image_size or spec.image_size
+    if size:
+        height = width = size
+    elif source.native_shape is not None:
+        height, width = source.native_shape[:2]
+    else:  # only a folder of mixed sizes gets here (TFDS datasets get a fallback size)
+        from cnnjax.config import ConfigError
+
+        raise ConfigError(
+            f"the images of {source.name} differ in size; choose the training size with "
+            "--config.data.image_size=N (N x N pixels)"
+        )
+    return Framing(
+        height=int(height), width=int(width), channels=source.channels,
+        crop_fraction=spec.crop_fraction, random_resized_crop=spec.random_resized_crop,
+        flip=cfg.flip,
+    )
+
+
+def choose_loader(cfg, source: Source, framing: Framing) -> str:
+    """``data.loader``, with ``auto`` resolved by the decoded size of both splits."""
+    if cfg.loader != "auto":
+        return cfg.loader
+    decoded = (len(source.train) + len(source.eval)) * int(np.prod(framing.shape))
+    return "memory" if decoded <= cfg.max_memory_mb * 2**20 else "streaming"
+
+
+def load_arrays(records, framing: Framing, skip_corrupt: bool = False) -> Split:
+    """Decodes and frames (``Framing.eval``) every record into host memory, with threads."""
+    images = getattr(records, "images", None)
+    if images is not None and images.shape[1:] == framing.shape:  # already arrays
+        return Split(images=images, labels=records.labels)
+
+    def read(i: int):
+        try:
+            record = records[i]
+        except CorruptImageError as e:
+            if not skip_corrupt:
+                raise
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            return None
+        return framing.eval(record["image"]), record["label"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        read_records = [r for r in pool.map(read, range(len(records))) if r is not None]
+    if not read_records:
+        return Split(np.zeros((0, *framing.shape), np.uint8), np.zeros(0, np.int32))
+    return Split(
+        images=np.stack([r[0] for r in read_records]),
+        labels=np.asarray([r[1] for r in read_records], np.int32),
+    )
+
+
+def stats_sample(n: int) -> np.ndarray:
+    """The fixed, evenly spaced training indices normalisation statistics are measured on."""
+    return np.unique(np.linspace(0, n - 1, min(n, STATS_SAMPLE)).round().astype(np.int64))
+
+
+def _statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
+    std = np.maximum(pixels.std(0), 1.0)  # a constant channel must not divide by zero
+    return tuple(float(m) for m in pixels.mean(0)), tuple(float(s) for s in std)
 
 
 def build(cfg, seed: int, process_index: int = 0, process_count: int = 1) -> Data:
     """The data of a run from the ``data`` section of its config."""
-    train = load(cfg.name, "train", cfg.data_dir)
-    test = load(cfg.name, "test", cfg.data_dir)
-    loader = InMemoryLoader(
-        train.images, train.labels, cfg.batch_size, seed, process_index, process_count
-    )
-    return Data(
-        info=info_from(cfg.name, train),
-        train=loader,
-        eval_batches=lambda batch_size: eval_batches(
+    source = open_source(cfg)
+    framing = framing_for(source, cfg)
+    kind = choose_loader(cfg, source, framing)
+    augment = {"crop_padding": cfg.crop_padding, "flip": cfg.flip,
+               "mixup_alpha": cfg.mixup_alpha, "cutmix_alpha": cfg.cutmix_alpha}
+    if kind == "memory":
+        train = load_arrays(source.train, framing, cfg.skip_corrupt)
+        test = load_arrays(source.eval, framing, cfg.skip_corrupt)
+        loader = InMemoryLoader(
+            train.images, train.labels, cfg.batch_size, seed, process_index, process_count
+        )
+        evals = lambda batch_size: eval_batches(  # noqa: E731
             test.images, test.labels, batch_size, process_index, process_count
-        ),
-        num_train=len(train),
-        num_eval=len(test),
+        )
+        sample = lambda: train.images[stats_sample(len(train))]  # noqa: E731
+        num_train, num_eval = len(train), len(test)
+    else:
+        from cnnjax.data import streaming
+
+        loader = streaming.StreamingLoader(
+            source.train, framing, cfg.batch_size, seed, process_index, process_count,
+            cfg.workers,
+        )
+        evals = lambda batch_size: streaming.eval_batches(  # noqa: E731
+            source.eval, framing, batch_size, process_index, process_count, cfg.workers
+        )
+        sample = lambda: _sample(source, framing, cfg.skip_corrupt)  # noqa: E731
+        num_train, num_eval = len(source.train), len(source.eval)
+        augment["flip"] = False  # flipped on the host, with the crop
+    return Data(info=_info(source, framing, sample), train=loader, eval_batches=evals,
+                num_train=num_train, num_eval=num_eval, augment=augment, loader=kind)
+
+
+def describe(cfg) -> DatasetInfo:
+    """The ``DatasetInfo`` that ``build(cfg, ...)`` gives, without loading the dataset."""
+    source = open_source(cfg)
+    framing = framing_for(source, cfg)
+    return _info(source, framing, lambda: _sample(source, framing, cfg.skip_corrupt))
+
+
+def _sample(source: Source, framing: Framing, skip_corrupt: bool) -> np.ndarray:
+    subset = _Subset(source.train, stats_sample(len(source.train)))
+    return load_arrays(subset, framing, skip_corrupt).images
+
+
+def _info(source: Source, framing: Framing, sample: Callable[[], np.ndarray]) -> DatasetInfo:
+    spec = source.spec
+    if spec.mean and len(spec.mean) == framing.channels:
+        mean, std = spec.mean, spec.std
+    else:  # not in the table (or listed for another channel count): measured
+        mean, std = _statistics(sample())
+    return DatasetInfo(
+        name=source.name, num_classes=source.num_classes, image_shape=framing.shape,
+        mean=tuple(mean), std=tuple(std),
     )
+
+
+class _Subset:
+    def __init__(self, records, index: np.ndarray):
+        self.records, self.index = records, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        return self.records[int(self.index[i])]

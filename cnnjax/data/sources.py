@@ -1,0 +1,206 @@
+"""Opening a dataset by name: TFDS datasets, ``npz:`` files and ``folder:`` directories.
+
+Whatever the origin, a dataset opens as a ``Source``: two random-access record sets (train
+and eval) whose records are ``{"image": [h, w, c] uint8, "label": int}``, the number of
+classes, and the ``catalog.DatasetSpec`` that says how to frame its images. Opening is cheap
+(metadata and file headers, no image data), so a missing or unprepared dataset fails before
+any expensive work, with a one-line ``ConfigError``.
+
+TFDS datasets are read with ``tfds.data_source`` (ArrayRecord files, random access, images
+decoded by TFDS with PIL): no TensorFlow at train time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from cnnjax.config import ConfigError
+from cnnjax.data import catalog
+
+# Datasets whose builder ships in cnnjax: name -> module that registers the builder.
+BUILTIN = {"digits": "cnnjax.data.builders.digits"}
+
+
+class DataNotPreparedError(ConfigError):
+    """A TFDS dataset that has not been prepared (as ArrayRecord) in the data_dir searched."""
+
+
+class CorruptImageError(ConfigError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+class Records(Protocol):
+    """Random access to ``{"image": [h, w, c] uint8, "label": int}`` records.
+
+    Picklable (the streaming loader sends it to its worker processes), with a ``repr`` that
+    names the data and not the process (Grain checks it when a data position is restored).
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """An opened dataset.
+
+    Attributes:
+      name: as configured (``mnist``, ``npz:/data/x.npz``, ``folder:/data/pets``).
+      train, eval: the record sets.
+      num_classes: labels are ``0 .. num_classes - 1``.
+      native_shape: ``(height, width, channels)`` when every image has it, else ``None``.
+      channels: channels of the images the model sees.
+      spec: eval split, training size, framing and normalisation (see ``catalog``).
+      eval_split: the name of the split evaluated on, for messages.
+    """
+
+    name: str
+    train: Records
+    eval: Records
+    num_classes: int
+    native_shape: tuple[int, int, int] | None
+    channels: int
+    spec: catalog.DatasetSpec
+    eval_split: str = "test"
+
+
+class ArrayRecords:
+    """Records held in host memory as ``[n, h, w, c] uint8`` images and ``[n]`` labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, name: str):
+        self.images, self.labels, self.name = images, labels.astype(np.int32), name
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.images[index], "label": int(self.labels[index])}
+
+    def __repr__(self) -> str:
+        return f"ArrayRecords({self.name!r}, n={len(self)})"
+
+
+class TfdsRecords:
+    """A ``tfds.data_source`` split seen as ``Records``: its image and label features only."""
+
+    def __init__(self, source: Any, name: str, split: str, image_key: str, label_key: str):
+        self._source, self.name, self.split = source, name, split
+        self._image_key, self._label_key = image_key, label_key
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self._source[int(index)]
+        image = np.asarray(record[self._image_key])
+        if image.ndim == 2:
+            image = image[..., None]
+        return {"image": image, "label": int(record[self._label_key])}
+
+    def __repr__(self) -> str:
+        return f"TfdsRecords({self.name!r}, split={self.split!r})"
+
+
+def resolve_data_dir(data_dir: str) -> str:
+    """An empty ``data_dir`` means TFDS's default (``$TFDS_DATA_DIR`` or ~/tensorflow_datasets)."""
+    if data_dir:
+        return os.path.expanduser(data_dir)
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+    return f"python -m cnnjax.data.prepare --name={name} --data_dir={data_dir}"
+
+
+def prepare_builtin(name: str, data_dir: str) -> None:
+    """Prepares a dataset that ships with cnnjax (offline, no TensorFlow) unless it is ready."""
+    import importlib
+
+    import tensorflow_datasets as tfds
+
+    importlib.import_module(BUILTIN[name])
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+        tfds.disable_progress_bar()
+        builder.download_and_prepare()
+
+
+def open_source(cfg) -> Source:
+    """Opens the dataset of config section ``data`` (``name``, ``data_dir``, ``skip_corrupt``)."""
+    kind, _, path = cfg.name.partition(":")
+    if path and kind in ("npz", "folder"):
+        from cnnjax.data import local
+
+        opener = local.open_npz if kind == "npz" else local.open_folder
+        return opener(os.path.expanduser(path), skip_corrupt=cfg.skip_corrupt, name=cfg.name)
+    return open_tfds(cfg.name, cfg.data_dir)
+
+
+def open_tfds(name: str, data_dir: str = "") -> Source:
+    """Opens a prepared TFDS image-classification dataset; raises ``DataNotPreparedError``."""
+    import tensorflow_datasets as tfds
+
+    data_dir = resolve_data_dir(data_dir)
+    if name in BUILTIN:
+        prepare_builtin(name, data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ConfigError(
+            f"unknown dataset {name!r}: not in the TFDS catalog "
+            "(https://www.tensorflow.org/datasets/catalog); for your own images use "
+            "--config.data.name=npz:/path/file.npz or folder:/path/dir"
+        ) from None
+    info = builder.info
+    image_key, label_key = _supervised_keys(name, info)
+    image_shape = tuple(info.features[image_key].shape)
+    fixed = None not in image_shape
+    spec = catalog.lookup(name) or catalog.fallback(fixed)
+    eval_split = spec.eval_split or catalog.eval_split_from(list(info.splits.keys()))
+    train_split = "train[:90%]" if eval_split == "train[90%:]" else "train"
+
+    def open_split(split: str) -> TfdsRecords:
+        try:
+            source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except Exception as e:  # noqa: BLE001 - TFDS raises several types for a missing dataset
+            if not builder.is_prepared():
+                raise DataNotPreparedError(
+                    f"dataset {name!r} is not prepared in {data_dir} (searched "
+                    f"{builder.data_dir}); prepare it once with: "
+                    f"{prepare_command(name, data_dir)}"
+                ) from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"split {split!r} of dataset {name!r} in {data_dir} cannot be read with "
+                f"tfds.data_source ({first}); it must be prepared as ArrayRecord: "
+                f"{prepare_command(name, data_dir)}"
+            ) from None
+        return TfdsRecords(source, name, split, image_key, label_key)
+
+    train, evals = open_split(train_split), open_split(eval_split)
+    channels = image_shape[-1] if image_shape and image_shape[-1] else 3
+    return Source(
+        name=name, train=train, eval=evals,
+        num_classes=int(info.features[label_key].num_classes),
+        native_shape=image_shape if fixed else None,
+        channels=int(channels), spec=spec, eval_split=eval_split,
+    )
+
+
+def _supervised_keys(name: str, info) -> tuple[str, str]:
+    keys = info.supervised_keys
+    image_key, label_key = keys if keys and len(keys) == 2 else ("image", "label")
+    features = info.features
+    ok = isinstance(image_key, str) and isinstance(label_key, str) and image_key in features
+    ok = ok and label_key in features and hasattr(features[label_key], "num_classes")
+    if not ok or len(getattr(features[image_key], "shape", ())) != 3:
+        raise ConfigError(
+            f"dataset {name!r} is not an image-classification dataset (it needs an image "
+            f"feature and a class label; its features are: {', '.join(features.keys())})"
+        )
+    return image_key, label_key
