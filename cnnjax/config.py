@@ -17,6 +17,7 @@ import ml_collections
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "piecewise")
+BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "")
 NAN_POLICIES = ("stop", "skip")
 
 
@@ -67,6 +68,19 @@ def defaults() -> ml_collections.ConfigDict:
     c.optimizer.boundaries_epochs = (30.0, 60.0, 80.0)  # piecewise: where the rate drops
     c.optimizer.decay_factor = 0.1  # piecewise: multiplier at each boundary
     c.optimizer.grad_clip_norm = 0.0  # clip the global gradient norm; 0 disables it
+    # Transfer learning: `head` is a regex of the classifier's parameter paths ("head" in
+    # every registered model). freeze_backbone trains the head alone (a linear probe; the
+    # backbone's BatchNorm statistics are frozen too); backbone_lr_scale < 1 fine-tunes the
+    # backbone with a smaller learning rate.
+    c.optimizer.head = "^head/"
+    c.optimizer.freeze_backbone = False
+    c.optimizer.backbone_lr_scale = 1.0
+
+    # Start from pretrained weights: a directory written by `python -m
+    # cnnjax.models.pretrained`, or an earlier run's workdir. "" starts from scratch.
+    c.init = ml_collections.ConfigDict()
+    c.init.checkpoint = ""
+    c.init.exclude = ""  # regex of paths never copied (matching shapes are copied otherwise)
 
     c.train = ml_collections.ConfigDict()
     c.train.num_epochs = 10.0  # training length in epochs (fractions allowed)...
@@ -79,6 +93,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.eval_every_steps = -1  # -1 = at the end of every epoch; 0 = only at the end
     c.train.checkpoint_every_steps = 500  # and always at the end of the run
     c.train.keep_checkpoints = 3  # the newest K are kept
+    # The state with the best value of this eval metric is kept in W/best_checkpoint
+    # (--checkpoint=best); "" keeps no best checkpoint. One of BEST_METRICS.
+    c.train.best_metric = "eval_accuracy"
+    c.train.best_mode = "max"  # "max" or "min" (use "min" for eval_loss)
+    c.train.plots = True  # PNGs in W/plots at the end of training (about a second)
     return c
 
 
@@ -206,12 +225,19 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
              f"optimizer.warmup_epochs must be >= 0, got {o['warmup_epochs']}")
     _require(o["grad_clip_norm"] >= 0,
              f"optimizer.grad_clip_norm must be >= 0 (0 disables it), got {o['grad_clip_norm']}")
+    _require(o["backbone_lr_scale"] >= 0,
+             f"optimizer.backbone_lr_scale must be >= 0, got {o['backbone_lr_scale']}")
     _require(0 <= t["label_smoothing"] < 1,
              f"train.label_smoothing must be in [0, 1), got {t['label_smoothing']}")
     _require(t["nan_policy"] in NAN_POLICIES,
              f"unknown train.nan_policy {t['nan_policy']!r}; choose one of: "
              f"{', '.join(NAN_POLICIES)}")
     _require(t["num_epochs"] >= 0, f"train.num_epochs must be >= 0, got {t['num_epochs']}")
+    _require(t["best_metric"] in BEST_METRICS,
+             f"unknown train.best_metric {t['best_metric']!r}; choose one of: "
+             f"{', '.join(map(repr, BEST_METRICS))}")
+    _require(t["best_mode"] in ("max", "min"),
+             f"train.best_mode must be 'max' or 'min', got {t['best_mode']!r}")
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
     _require(data["crop_padding"] >= 0,

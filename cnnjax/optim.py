@@ -45,7 +45,32 @@ def make_schedule(
 def make_optimizer(
     cfg: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-    """The Optax chain for the ``optimizer`` section of a config."""
+    """The Optax chain for the ``optimizer`` section of a config.
+
+    With ``freeze_backbone`` every parameter outside the head (``head`` regex) gets a zero
+    update; with ``backbone_lr_scale`` != 1 its updates are scaled (a smaller learning rate
+    for fine-tuning). Both use ``optax.multi_transform``.
+    """
+    tx = _base_optimizer(cfg, schedule)
+    if not cfg.freeze_backbone and cfg.backbone_lr_scale == 1.0:
+        return tx
+    from cnnjax.transfer import is_head
+
+    backbone = (
+        optax.set_to_zero()
+        if cfg.freeze_backbone
+        else optax.chain(tx, optax.scale(cfg.backbone_lr_scale))
+    )
+    head_labels = is_head(cfg.head)
+    return optax.multi_transform(
+        {"head": tx, "backbone": backbone},
+        lambda params: jax.tree.map(lambda h: "head" if h else "backbone", head_labels(params)),
+    )
+
+
+def _base_optimizer(
+    cfg: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
     parts = []
     if cfg.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))

@@ -98,12 +98,15 @@ def train_step_per_device(
     skip_nonfinite: bool = False,
     mixup_alpha: float = 0.0,
     cutmix_alpha: float = 0.0,
+    frozen_batch_stats: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on this device's shard ``batch`` (``images`` uint8, ``labels`` int32).
 
     ``metrics["nonfinite"]`` is 1 when the loss or a gradient is not finite; with
     ``skip_nonfinite`` such an update is dropped (params, batch stats and optimizer state stay
     as they were, as ``optax.apply_if_finite`` does) while the step counter still advances.
+    With ``frozen_batch_stats`` the model runs in inference mode (running BatchNorm
+    statistics, which stay as they are; no dropout): a fixed feature extractor.
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     labels = batch["labels"]
@@ -127,11 +130,12 @@ def train_step_per_device(
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
         logits, updates = model.apply(
-            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+            variables, images, train=not frozen_batch_stats, mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
         )
         targets = soft_targets(labels, lam, partner, logits.shape[-1]) if mixing else labels
         loss = _cross_entropy(logits, targets, logits.shape[-1], label_smoothing).mean()
-        return loss, (logits, updates.get("batch_stats", {}))
+        return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # Every device holds the same share of the global batch, so the mean of the per-device
