@@ -1,7 +1,7 @@
 """The default experiment: a small CNN on scikit-learn's 8x8 handwritten digits.
 
-Runs offline on one CPU in well under a minute and reaches 99.1-99.6% test accuracy (seeds 0-3) on the
-fixed 450-image test split.
+Runs offline on one CPU in well under a minute and reaches 99.1-99.6% test accuracy
+(seeds 0-3) on the fixed 450-image test split.
 
     python launch.py                                   # this config, workdir workdirs/default
     python launch.py --config=experiments/default.py:mlp   # the fully connected baseline
