@@ -195,7 +195,7 @@ def make_train_step(mesh: Mesh, **kwargs) -> Callable:
     fn = parallel.per_device(
         lambda s, b: train_step_per_device(s, b, **kwargs), mesh, (P(), P(parallel.AXIS)), P()
     )
-    return jax.jit(fn, donate_argnums=0)
+    return jax.jit(fn, donate_argnums=0, compiler_options=parallel.compiler_options(mesh))
 
 
 def make_eval_step(mesh: Mesh, **kwargs) -> Callable:
@@ -203,4 +203,4 @@ def make_eval_step(mesh: Mesh, **kwargs) -> Callable:
     fn = parallel.per_device(
         lambda s, b: eval_step_per_device(s, b, **kwargs), mesh, (P(), P(parallel.AXIS)), P()
     )
-    return jax.jit(fn)
+    return jax.jit(fn, compiler_options=parallel.compiler_options(mesh))

@@ -1,0 +1,105 @@
+"""cnnjax.benchmark: the real train step timed on tiny models, FLOPs against an analytic count,
+the PyTorch references' parameter counts, the JSON file, and the CPU compiler options."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from cnnjax import benchmark, models, parallel
+
+
+def _num_params(name: str, image_shape, **kwargs) -> int:
+    model = models.get_model(name, num_classes=10, **kwargs)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
+    return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+
+def test_tiny_mlp_result_fields_flops_and_json(tmp_path):
+    path = tmp_path / "out.json"
+    batch = 256
+    result = benchmark.benchmark(
+        "mlp", batch_size=batch, image_size=8, channels=1, num_classes=10, steps=3, warmup=1,
+        model_kwargs={"hidden": (256,)}, peak_tflops=1.0, json_path=str(path),
+    )
+    j = result["jax"]
+    assert j["num_params"] == 64 * 256 + 256 + 256 * 10 + 10
+    assert j["devices"] == jax.local_device_count()
+    for key in ("lower_s", "compile_s", "images_per_s", "pipelined_images_per_s",
+                "peak_memory_bytes", "achieved_tflops"):
+        assert j[key] > 0, key
+    assert 0 < j["step"]["best_s"] <= j["step"]["median_s"]
+    assert j["images_per_s"] == pytest.approx(batch / j["step"]["median_s"])
+    assert j["mfu"] == pytest.approx(j["achieved_tflops"] / 1.0)
+    assert jnp.isfinite(j["loss_after_warmup"])
+    # Dense layers: forward 2*b*in*out each; backward the weight gradient (same again) and the
+    # input gradient (same again) for all but the first layer. The rest (softmax, ReLU, the
+    # optimizer on every device) is small next to that.
+    analytic = 2 * batch * (64 * 256 * 2 + 256 * 10 * 3)
+    assert 1.0 <= j["flops_per_step"] / analytic <= 1.3
+    loader = result["loader"]
+    assert loader["images_per_s"] > 0 and loader["best_s"] <= loader["median_s"]
+    assert json.loads(path.read_text()) == json.loads(json.dumps(result))
+    text = benchmark.table(result)
+    assert "cnnjax images/s" in text and "loader images/s" in text
+
+
+def test_tiny_conv_flops_and_same_run_torch_reference():
+    pytest.importorskip("torch")
+    batch = 64  # 8x8x1 -> conv 3x3 SAME to 8 channels -> dense 10
+    result = benchmark.benchmark(
+        "cnn", batch_size=batch, image_size=8, channels=1, num_classes=10, steps=2, warmup=1,
+        model_kwargs={"features": (8,), "pool": "none", "dense": ()},
+        torch=True, torch_compile=False, loader=False,
+    )
+    # Conv: forward and weight gradient, 2 * b * h * w * k*k*c_in * c_out each (no input
+    # gradient for the first layer); dense head as above.
+    analytic = 2 * batch * 64 * 9 * 8 * 2 + 2 * batch * 512 * 10 * 3
+    assert 1.0 <= result["jax"]["flops_per_step"] / analytic <= 1.3
+    assert result["jax"]["mfu"] is None  # no known peak for a CPU
+    eager = result["torch"]["eager"]
+    assert eager["images_per_s"] > 0 and eager["first_step_s"] > 0
+    assert result["torch"]["compile"].startswith("n/a")
+    ratio = result["ratios"]["cnnjax / torch eager"]
+    assert ratio["median"] > 0 and ratio["best"] > 0
+    assert result["ratios"]["cnnjax / torch compile"] is None
+
+
+def test_default_peaks():
+    assert benchmark.default_peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+    assert benchmark.default_peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+    assert benchmark.default_peak_tflops("cpu", "float32") is None
+    assert benchmark.resolve_dtype("auto", "cpu") == "float32"
+    assert benchmark.resolve_dtype("auto", "gpu") == "bfloat16"
+
+
+@pytest.mark.parametrize("name, kwargs, image_shape", [
+    ("cnn", {"batch_norm": True}, (8, 8, 1)),  # the default experiment's digits CNN
+    ("cnn", {"features": (4, 6), "padding": "SAME", "strides": 2, "kernel_size": 4}, (28, 28, 2)),
+    ("lenet5", {}, (32, 32, 1)),
+    ("mlp", {}, (8, 8, 1)),
+    ("cifar_resnet20", {}, (32, 32, 3)),
+    ("cifar_resnet20", {"shortcut": "B"}, (32, 32, 3)),
+])
+def test_torch_reference_has_the_same_parameter_count(name, kwargs, image_shape):
+    pytest.importorskip("torch")
+    from cnnjax import benchmark_torch
+
+    expected = _num_params(name, image_shape, **kwargs)
+    h, _, c = image_shape
+    module = benchmark_torch.reference_model(name, kwargs, 10, c, h, expected_params=expected)
+    assert sum(p.numel() for p in module.parameters()) == expected
+    with pytest.raises(AssertionError, match="parameters"):
+        benchmark_torch.reference_model(name, kwargs, 10, c, h, expected_params=expected + 1)
+
+
+def test_cpu_compiler_options(monkeypatch):
+    mesh = parallel.make_mesh(jax.local_devices()[:1])
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert parallel.compiler_options(mesh) == parallel.CPU_COMPILER_OPTIONS
+    # A user's own setting of the option in XLA_FLAGS wins.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    assert parallel.compiler_options(mesh) is None
