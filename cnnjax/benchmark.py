@@ -4,24 +4,27 @@
         --channels=3 --num_classes=10 --dtype=float32 --steps=20 --torch --json=out.json
     # the default experiment's digits CNN (features (32, 64), BatchNorm, dense 128, 8x8x1):
     python -m cnnjax.benchmark --model=cnn --model_kwargs='{"batch_norm": true}' \\
-        --image_size=8 --channels=1 --batch_size=32 --torch
+        --image_size=8 --channels=1 --batch_size=32 --torch --torch_threads=2,1 --rounds=3
+    # GPU (dtype auto = bfloat16; MFU against the device's dense bf16 peak, e.g. H100 989):
+    python -m cnnjax.benchmark --model=resnet50 --image_size=224 --num_classes=1000 \\
+        --batch_size=256 --torch --rounds=3 --json=h100_resnet50.json
 
-What is timed is the real training step: ``steps.make_train_step`` (per-device step under
-``jax.shard_map`` in ``jax.jit``, state donated) with SGD + momentum 0.9 + weight decay 5e-4
-from ``optim``, over every local device, on one fixed synthetic uint8 batch. Lowering and
-compilation are timed apart from the steps; the step time is the median (and best) of
-``steps`` individually synchronised steps after ``warmup`` steps. FLOPs come from XLA's
-``cost_analysis()`` of the compiled step (per device, times the device count). Peak memory is
-``device.memory_stats()["peak_bytes_in_use"]`` where the backend has it (GPU/TPU), else the
-process's peak resident set (VmHWM) during the phase, which includes the Python process itself.
+Timed is the real training step: ``steps.make_train_step`` (per-device step under
+``jax.shard_map`` in ``jax.jit``, state donated, ``parallel.compiler_options``) with SGD +
+momentum 0.9 + weight decay 5e-4 from ``optim``, over every local device, on a fixed synthetic
+uint8 batch. Lowering and compilation are timed apart; step times are individually synchronised
+steps after ``warmup``, reported as median and best. With ``--torch`` the PyTorch twin
+(:mod:`cnnjax.benchmark_torch`) runs in the same process, eager and ``torch.compile``d;
+``--rounds`` alternates the frameworks so that a shared machine's changing load falls on all.
+FLOPs come from XLA's ``cost_analysis()`` of the compiled step (per device, times the device
+count). Peak memory is ``device.memory_stats()["peak_bytes_in_use"]`` where the backend has it
+(GPU/TPU), else the process's peak resident set (VmHWM) during the phase. The in-memory loader
+(``InMemoryLoader.batch`` + ``parallel.global_batch``) is timed at the same batch and image size.
 
-``--torch`` times the matching PyTorch model (:mod:`cnnjax.benchmark_torch`) in the same
-process, eager and under ``torch.compile``. The in-memory loader (``InMemoryLoader.batch`` +
-``parallel.global_batch``) is timed at the same batch and image size.
-
-``--dtype=auto`` (the default) computes in bfloat16 on GPU/TPU (parameters stay float32, the
-step donates its state, activations are NHWC) and in float32 on CPU. ``--xla_flags`` appends to
-``XLA_FLAGS`` before JAX starts its backend.
+``--dtype=auto`` computes in bfloat16 on GPU/TPU (parameters stay float32) and in float32 on
+CPU; torch then uses bf16 autocast and channels_last on GPU. ``--xla_flags`` appends to
+``XLA_FLAGS`` before JAX starts; ``--ab_xla_cpu_defaults`` also times the step compiled with
+XLA:CPU's own defaults instead of ``parallel.CPU_COMPILER_OPTIONS``.
 """
 
 from __future__ import annotations
@@ -229,16 +232,19 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
               channels: int = 3, num_classes: int = 10, dtype: str = "auto", steps: int = 20,
               warmup: int = 3, rounds: int = 1, model_kwargs: dict[str, Any] | None = None,
               compiler_options: dict[str, Any] | None = None,
+              baseline_options: dict[str, Any] | None = None,
               peak_tflops: float | None = None, torch: bool = False,
               torch_compile: bool = True, torch_threads: tuple[int, ...] = (),
               loader: bool = True, json_path: str | None = None) -> dict[str, Any]:
     """Measures one model's training step; returns (and optionally writes) a JSON-able dict.
 
-    Every framework is compiled and warmed up first; then ``rounds`` rounds of ``steps`` timed
+    Every runner is compiled and warmed up first; then ``rounds`` rounds of ``steps`` timed
     steps alternate between them. Keys: ``config``, ``environment``, ``jax`` (seconds,
     ``images_per_s``, ``flops_per_step``, ``achieved_tflops``, ``mfu`` when a peak is known),
-    ``loader``, ``torch`` (one entry per mode, a result or ``"n/a (reason)"``) and ``ratios``
-    (cnnjax images/s over torch's, from median and from best step times).
+    ``loader``; with ``baseline_options``, ``jax_baseline`` (the same step compiled with those
+    XLA options instead, and ``speedup`` = its step time over cnnjax's); with ``torch``,
+    ``torch`` (one entry per mode, a result or ``"n/a (reason)"``) and ``ratios`` (cnnjax
+    images/s over torch's, from median and from best step times).
     """
     import jax
 
@@ -257,15 +263,16 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
             "load_average": _load(), "machine": platform.processor() or platform.machine(),
         },
     }
-    j, jax_step = prepare_jax(model, model_kwargs, batch_size, image_shape, num_classes, dtype,
-                              warmup, compiler_options)
+    args = (model, model_kwargs, batch_size, image_shape, num_classes, dtype, warmup)
+    j, jax_step = prepare_jax(*args, compiler_options)
     runners, tinfo = {"jax": jax_step}, {}
+    if baseline_options is not None:
+        base, runners["jax_baseline"] = prepare_jax(*args, baseline_options)
     if torch:
         from cnnjax import benchmark_torch
 
         tinfo, torch_runners = benchmark_torch.prepare(
-            model, model_kwargs, batch_size, image_shape, num_classes, dtype, warmup,
-            expected_params=j["num_params"], compile=torch_compile, threads=torch_threads)
+            *args, expected_params=j["num_params"], compile=torch_compile, threads=torch_threads)
         runners.update(torch_runners)
     times = interleave(runners, steps, rounds)
     j["step"] = timing(times.pop("jax"))
@@ -279,26 +286,37 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
         j["achieved_tflops"] = j["flops_per_step"] / j["step"]["median_s"] / 1e12
         j["mfu"] = j["achieved_tflops"] / peak_tflops if peak_tflops else None
     result["jax"] = j
+    if baseline_options is not None:
+        base["step"] = timing(times.pop("jax_baseline"))
+        base["images_per_s"] = batch_size / base["step"]["median_s"]
+        base["speedup"] = base["step"]["median_s"] / j["step"]["median_s"]
+        result["jax_baseline"] = base
     if loader:
         result["loader"] = bench_loader(batch_size, image_shape, num_classes, steps)
     if torch:
-        result["torch"] = tinfo
-        result["ratios"] = {}
-        for mode, r in tinfo.items():
-            if isinstance(r, dict) and mode in times:
-                r["step"] = timing(times[mode])
-                r["images_per_s"] = batch_size / r["step"]["median_s"]
-                result["ratios"][f"cnnjax / torch {mode}"] = {
-                    "median": r["step"]["median_s"] / j["step"]["median_s"],
-                    "best": r["step"]["best_s"] / j["step"]["best_s"],
-                }
-            elif mode not in ("info",):
-                result["ratios"][f"cnnjax / torch {mode}"] = None
+        result["torch"], result["ratios"] = tinfo, _ratios(tinfo, times, j, batch_size)
     result["environment"]["load_average_after"] = _load()
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def _ratios(tinfo: dict[str, Any], times: dict[str, list[float]], j: dict[str, Any],
+            batch_size: int) -> dict[str, Any]:
+    """Fills each torch mode's step times in ``tinfo``; cnnjax's speed relative to each."""
+    ratios: dict[str, Any] = {}
+    for mode, r in tinfo.items():
+        if isinstance(r, dict) and mode in times:
+            r["step"] = timing(times[mode])
+            r["images_per_s"] = batch_size / r["step"]["median_s"]
+            ratios[f"cnnjax / torch {mode}"] = {
+                "median": r["step"]["median_s"] / j["step"]["median_s"],
+                "best": r["step"]["best_s"] / j["step"]["best_s"],
+            }
+        elif mode != "info":
+            ratios[f"cnnjax / torch {mode}"] = None
+    return ratios
 
 
 def _load() -> list[float] | None:
@@ -328,6 +346,11 @@ def table(result: dict[str, Any]) -> str:
                             f"median, {_ms(j['step']['best_s'])} best); "
                             f"{j['pipelined_images_per_s']:,.0f} pipelined"),
     ]
+    if "jax_baseline" in result:
+        b = result["jax_baseline"]
+        rows.append(("baseline images/s", f"{b['images_per_s']:,.0f} with "
+                                          f"{json.dumps(b['compiler_options'])}: cnnjax's "
+                                          f"options are {b['speedup']:.2f}x faster"))
     if j.get("flops_per_step"):
         mfu = (f", MFU {j['mfu']:.1%} of {j['peak_tflops']:g} TFLOP/s" if j.get("mfu")
                else " (MFU: pass --peak_tflops)")
@@ -378,6 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compiler_options", default="{}", help="JSON: XLA options for the step")
     p.add_argument("--xla_cpu_defaults", action="store_true",
                    help="compile with XLA:CPU's defaults, not parallel.CPU_COMPILER_OPTIONS")
+    p.add_argument("--ab_xla_cpu_defaults", action="store_true",
+                   help="also time the step compiled with XLA:CPU's defaults, interleaved")
     p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX starts")
     p.add_argument("--json", default=None, help="write the result here")
     a = p.parse_args(argv)
@@ -388,7 +413,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         num_classes=a.num_classes, dtype=a.dtype, steps=a.steps, warmup=a.warmup,
         rounds=a.rounds, model_kwargs=json.loads(a.model_kwargs),
         compiler_options={**(XLA_CPU_DEFAULTS if a.xla_cpu_defaults else {}),
-                          **json.loads(a.compiler_options)}, peak_tflops=a.peak_tflops,
+                          **json.loads(a.compiler_options)},
+        baseline_options=XLA_CPU_DEFAULTS if a.ab_xla_cpu_defaults else None,
+        peak_tflops=a.peak_tflops,
         torch=a.torch, torch_compile=not a.no_torch_compile,
         torch_threads=tuple(int(t) for t in a.torch_threads.split(",") if t),
         loader=not a.no_loader, json_path=a.json,
