@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnjax import config as config_lib
 from cnnjax import data
 from cnnjax.config import ConfigError, defaults
 from cnnjax.data import local
@@ -187,3 +188,17 @@ def test_streaming_evaluation_in_a_worker_process(unique_npz):
     assert [b["mask"].sum() for b in batches] == [16, 5]
     labels = np.concatenate([b["labels"][b["mask"] > 0] for b in batches])
     np.testing.assert_array_equal(labels, np.arange(21))
+
+
+def test_images_the_model_cannot_take_stop_the_run_naming_shape_and_model(tmp_path):
+    from cnnjax import train
+    from tests.helpers import tiny_config
+
+    path = str(tmp_path / "tiny.npz")
+    np.savez(path, images=_images(40, 3, 3, 1), labels=np.arange(40) % 2)
+    config = tiny_config(str(tmp_path))
+    config.model = config_lib.model_config("lenet5")  # 5x5 VALID convolutions
+    config.data.name = f"npz:{path}"
+    with pytest.raises(ConfigError, match=r"model 'lenet5' cannot take the 3x3x1 images"):
+        train.run(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -184,3 +184,23 @@ def test_a_streaming_run_resumed_mid_epoch_matches_an_uninterrupted_one(tmp_path
         assert train.run(config, resumed, stop_at_step=3)["step"] == 3
         b = train.run(config, resumed)
     assert a["test_loss"] == b["test_loss"] and a["test_accuracy"] == b["test_accuracy"]
+
+
+def test_launch_reports_an_unprepared_dataset_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    empty, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "launch.py"), "--config.data.name=cifar10",
+         f"--workdir={workdir}"],
+        capture_output=True, text=True, cwd=root, timeout=300,
+        env={**os.environ, "TFDS_DATA_DIR": empty},
+    )
+    assert result.returncode == 2 and not os.path.exists(workdir)
+    assert result.stderr.strip() == (
+        f"error: dataset 'cifar10' is not prepared in {empty} (searched {empty}/cifar10/3.0.2); "
+        f"prepare it once with: python -m cnnjax.data.prepare --name=cifar10 --data_dir={empty}"
+    )

@@ -12,6 +12,7 @@ decoded by TFDS with PIL): no TensorFlow at train time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any, Protocol
@@ -149,7 +150,8 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
     if name in BUILTIN:
         prepare_builtin(name, data_dir)
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with _quiet():
+            builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise ConfigError(
             f"unknown dataset {name!r}: not in the TFDS catalog "
@@ -166,12 +168,15 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
 
     def open_split(split: str) -> TfdsRecords:
         try:
-            source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+            with _quiet():
+                source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except Exception as e:  # noqa: BLE001 - TFDS raises several types for a missing dataset
-            if not builder.is_prepared():
+            with _quiet():
+                prepared, searched = builder.is_prepared(), builder.data_dir
+            if not prepared:
                 raise DataNotPreparedError(
                     f"dataset {name!r} is not prepared in {data_dir} (searched "
-                    f"{builder.data_dir}); prepare it once with: "
+                    f"{searched}); prepare it once with: "
                     f"{prepare_command(name, data_dir)}"
                 ) from None
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -190,6 +195,19 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
         native_shape=image_shape if fixed else None,
         channels=int(channels), spec=spec, eval_split=eval_split,
     )
+
+
+@contextlib.contextmanager
+def _quiet():
+    """TFDS warns about each missing folder; the one-line error that follows says it all."""
+    from absl import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def _supervised_keys(name: str, info) -> tuple[str, str]:
