@@ -166,19 +166,6 @@ def test_two_processes_see_disjoint_examples_that_cover_the_split(unique_npz, lo
     assert sorted(np.concatenate(evaluated)) == list(range(21))  # each exactly once
 
 
-def test_streaming_with_two_workers_resumes_exactly(unique_npz):
-    config = data_config(unique_npz, "streaming", workers=2, batch_size=8)
-    first = data.build(config, seed=0)
-    labels = [first.train.batch(s)["labels"] for s in range(5)]
-    saved = json.loads(json.dumps(first.train.state(5)))
-    expected = first.train.batch(5)["labels"]
-    resumed = data.build(config, seed=0)
-    resumed.train.restore(5, saved)
-    np.testing.assert_array_equal(resumed.train.batch(5)["labels"], expected)
-    # 8 steps per epoch; the first 5 batches are distinct examples
-    assert len(set(np.concatenate(labels))) == 40
-
-
 def test_streaming_evaluation_in_a_worker_process(unique_npz):
     from cnnjax.data import sources, streaming
 
@@ -202,3 +189,19 @@ def test_images_the_model_cannot_take_stop_the_run_naming_shape_and_model(tmp_pa
     with pytest.raises(ConfigError, match=r"model 'lenet5' cannot take the 3x3x1 images"):
         train.run(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_every_process_resumes_streaming_from_the_position_process_0_saved(unique_npz):
+    """The checkpoint holds process 0's data position only; process 1 resumes from it."""
+    for workers in (0, 2):
+        config = data_config(unique_npz, "streaming", batch_size=16, workers=workers)
+        loaders = [data.build(config, 1, process_index=p, process_count=2).train for p in (0, 1)]
+        for step in range(5):  # past an epoch (4 steps)
+            for loader in loaders:
+                loader.batch(step)
+        saved = json.loads(json.dumps(loaders[0].state(5)))  # as the checkpoint stores it
+        for process, loader in enumerate(loaders):
+            expected = loader.batch(5)["labels"]
+            fresh = data.build(config, 1, process_index=process, process_count=2).train
+            fresh.restore(5, saved)
+            np.testing.assert_array_equal(fresh.batch(5)["labels"], expected)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cnnjax.config import ConfigError
 from cnnjax.data.loader import InMemoryLoader, eval_batches
 from cnnjax.data.sources import (
     BUILTIN,
@@ -40,7 +41,7 @@ from cnnjax.data.transforms import Framing
 
 __all__ = [
     "CorruptImageError", "Data", "DataNotPreparedError", "DatasetInfo", "InMemoryLoader",
-    "LOADERS", "Split", "build", "check", "describe", "eval_batches", "load", "names",
+    "LOADERS", "Split", "build", "describe", "eval_batches", "load", "names",
 ]
 
 LOADERS = ("auto", "memory", "streaming")
@@ -145,15 +146,6 @@ class Data:
     loader: str = "memory"
 
 
-def check(cfg) -> Source:
-    """Opens the dataset of config section ``data`` (cheap: metadata and file headers).
-
-    Raises ``DataNotPreparedError`` or another one-line ``ConfigError`` for a dataset that
-    cannot be read, so that a run fails before any expensive work.
-    """
-    return open_source(cfg)
-
-
 def framing_for(source: Source, cfg) -> Framing:
     """The input shape and framing of ``source``'s images under config section ``data``."""
     spec = source.spec
@@ -163,8 +155,6 @@ def framing_for(source: Source, cfg) -> Framing:
     elif source.native_shape is not None:
         height, width = source.native_shape[:2]
     else:  # only a folder of mixed sizes gets here (TFDS datasets get a fallback size)
-        from cnnjax.config import ConfigError
-
         raise ConfigError(
             f"the images of {source.name} differ in size; choose the training size with "
             "--config.data.image_size=N (N x N pixels)"

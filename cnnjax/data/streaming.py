@@ -11,6 +11,7 @@ from ``Philox(seed + i)``, so batches do not depend on timing.
 
 The data position is Grain's iterator state (JSON text), saved in the checkpoint by
 ``state(step)`` and restored by ``restore``: a resumed run reads the identical next batch.
+The checkpoint holds process 0's position; every other process shifts it to its own shard.
 The batches a worker builds depend on the worker count, so a position restores only into a
 loader with the same ``data.workers``.
 
@@ -24,7 +25,9 @@ every example is seen exactly once and the last batch is padded with ``mask`` 0.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,8 +83,8 @@ class StreamingLoader:
             )
         self.steps_per_epoch = len(records) // global_batch_size
         self.workers = workers
-        shard = grain.ShardOptions(process_index, process_count, drop_remainder=True)
-        sampler = grain.IndexSampler(
+        self._shard = shard = grain.ShardOptions(process_index, process_count, drop_remainder=True)
+        self._sampler = sampler = grain.IndexSampler(
             len(records), shard_options=shard, shuffle=True, num_epochs=None,
             seed=seed % 2**31,
         )
@@ -141,9 +144,33 @@ class StreamingLoader:
                 "(batches depend on the worker count); resume with "
                 f"--config.data.workers={state['workers']}"
             )
+        grain_state = json.loads(state["grain"])
+        if grain_state.get("sampler") != repr(self._sampler):
+            grain_state = self._from_other_process(grain_state)
         self._iterator = iter(self._loader)
-        self._iterator.set_state(state["grain"].encode())
+        self._iterator.set_state(json.dumps(grain_state).encode())
         self._step = step
+
+    def _from_other_process(self, grain_state: dict[str, Any]) -> dict[str, Any]:
+        """Process 0's position (the one the checkpoint holds) as this process's position.
+
+        Grain (state version 2) records, per worker, the last position read in the sampler's
+        sequence, where process ``p``'s records sit at ``p, p + P, p + 2P, ...``. Processes
+        read in lockstep, so this process's positions are process 0's shifted by the shard
+        difference.
+        """
+        saved = re.search(r"shard_index=(\d+)", grain_state.get("sampler", ""))
+        if grain_state.get("version") != 2 or saved is None:
+            raise ConfigError(
+                "the checkpoint's streaming position was written by another Grain version or "
+                "loader; resume with the same cnnjax and grain versions"
+            )
+        shift = self._shard.shard_index - int(saved.group(1))
+        grain_state = dict(grain_state, sampler=repr(self._sampler))
+        grain_state["last_seen_indices"] = {
+            k: v + shift for k, v in grain_state["last_seen_indices"].items()
+        }
+        return grain_state
 
 
 class _EvalBatchRecords:
