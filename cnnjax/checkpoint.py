@@ -21,21 +21,30 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
 class Checkpointer:
     """A thin ``ocp.CheckpointManager`` for ``<workdir>/checkpoints``."""
 
-    def __init__(self, directory: str, keep: int):
+    def __init__(self, directory: str, keep: int, barrier_prefix: str | None = None):
+        """``barrier_prefix`` names the multi-process barriers of a second manager that saves
+        the same steps concurrently (the best checkpoint), so that theirs do not collide."""
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            item_names=("state", "progress"),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "progress": ocp.JsonCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=True,
                 # leftovers of a save that was killed half-way are removed at start-up
                 cleanup_tmp_directories=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=barrier_prefix
+                ),
             ),
         )
 
@@ -99,15 +108,24 @@ class Checkpointer:
         return target
 
     def read(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Restores step ``step`` (default: the newest) as host arrays, without a template."""
+        """Restores step ``step`` (default: the newest) as numpy arrays, without a template.
+
+        Works whatever devices or processes wrote it: every array lands on this process's
+        first device, then on the host.
+        """
         step = self.latest_step() if step is None else step
+        metadata = self._manager.item_metadata(step).state
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+        )
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()
             ),
         )
-        return restored.state, restored.progress
+        return jax.tree.map(np.asarray, restored.state), restored.progress
 
     def wait(self) -> None:
         """Blocks until every started save is committed to disk."""

@@ -119,6 +119,9 @@ def main():
     p.add_argument("--nan_policy", default="stop")
     p.add_argument("--learning_rate", type=float, default=0.05)
     args = p.parse_args()
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # as launch.py does: Orbax logs every save at INFO
 
     from cnnjax import parallel, train
 
