@@ -3,6 +3,9 @@
 Any config field can be overridden: ``--config.optimizer.learning_rate=0.05``. Relaunching
 with the same workdir resumes from its newest checkpoint. Config files are Python and run
 as code: launch only config files you trust.
+
+    --sweep='optimizer.learning_rate=0.1,0.03 seed=0,1,2'   a grid, one sub-workdir per point
+    --mode=eval|predict|visualize --workdir=W              use a trained run's checkpoints
 """
 
 from __future__ import annotations
@@ -55,6 +58,27 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "predict", "visualize"],
+    "train (or resume); or, for the run in --workdir: eval (eval.json), predict "
+    "(predictions.csv for --inputs), visualize (PNGs in W/plots).",
+)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "latest", "eval/predict/visualize: 'latest', 'best' or a step number."
+)
+_INPUTS = flags.DEFINE_string("inputs", None, "predict: image files a.png,b.png or one x.npz.")
+_SWEEP = flags.DEFINE_string(
+    "sweep", None, "A grid of overrides, e.g. 'optimizer.learning_rate=0.1,0.01 seed=0,1,2'; "
+    "each point trains in <workdir>/<its overrides>. Default: get_sweep() of the config file.",
+)
+_SWEEP_INDEX = flags.DEFINE_integer(
+    "sweep_index", None, "Run only this point of the sweep (0-based; e.g. $SLURM_ARRAY_TASK_ID)."
+)
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/cnnjax/jax"),
+    "JAX's persistent compilation cache: relaunches and sweep points reuse compiled programs. "
+    "'' disables it.",
+)
 
 # Exit statuses a scheduler can act on.
 EXIT_CONFIG = 2  # bad input: nothing ran, nothing changed
@@ -82,6 +106,51 @@ def _load_config():
         _fail(f"config file {config_arg!r} failed to load: {type(cause).__name__}: {cause}")
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Stores compiled programs in ``directory`` and loads them instead of compiling again."""
+    if not directory:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    # JAX caches only programs that took over a second to compile by default; the training
+    # steps of small models compile faster than that on CPU, and loading beats compiling.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def _sweep_points(config):
+    """The sweep's points (``--sweep`` or the config file's ``get_sweep()``), or None."""
+    from cnnjax import sweep
+
+    path = flags.FLAGS["config"].config_filename.partition(":")[0]
+    points = sweep.parse_spec(_SWEEP.value) if _SWEEP.value else None
+    points = sweep.grid(points) if points else sweep.from_config_file(path)
+    if points is None:
+        if _SWEEP_INDEX.value is not None:
+            _fail("--sweep_index needs --sweep or a config file with get_sweep()")
+        return None
+    import jax
+
+    return sweep.expand(config, points, jax.device_count())
+
+
+def _use_run(mode: str) -> None:
+    """--mode=eval/predict/visualize on the run in --workdir."""
+    from cnnjax import evaluate, viz
+
+    if not _WORKDIR.value:
+        _fail(f"--mode={mode} needs --workdir=W, the workdir of a trained run")
+    if mode == "eval":
+        evaluate.run_eval(_WORKDIR.value, _CHECKPOINT.value)
+    elif mode == "predict":
+        if not _INPUTS.value:
+            _fail("--mode=predict needs --inputs=a.png,b.png or --inputs=x.npz")
+        evaluate.run_predict(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value)
+    else:
+        viz.visualize(_WORKDIR.value, _CHECKPOINT.value)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     # A malformed flag value is one line and exit status 2, like every other bad input.
     try:
@@ -105,9 +174,18 @@ def main(argv: list[str]) -> int:
         )
     except ValueError as e:
         _fail(str(e))
+    enable_compilation_cache(_CACHE_DIR.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     try:
-        train.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
+        if _MODE.value != "train":
+            _use_run(_MODE.value)
+        elif (points := _sweep_points(config)) is not None:
+            from cnnjax import sweep
+
+            sweep.run(points, workdir, _SWEEP_INDEX.value,
+                      allow_config_change=_ALLOW_CHANGE.value)
+        else:
+            train.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
     except ConfigError as e:
         if _VERBOSE.value:
             raise

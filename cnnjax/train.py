@@ -4,6 +4,10 @@ Workdir layout (written by process 0):
   config.json      the resolved config of the run
   metrics.jsonl    one JSON line per log step and per evaluation
   checkpoints/     Orbax checkpoints; a relaunch resumes from the newest readable one
+  best_checkpoint/ the state with the best ``train.best_metric`` (named in best.json)
+  tensorboard/     TensorBoard event files of the metrics.jsonl scalars
+  plots/           PNGs of curves, filters, feature maps, confusion matrix (at the end)
+  summary.json     the final summary, written when the run reaches its last step
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import ml_collections
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
-from cnnjax import models, optim, parallel, steps
+from cnnjax import models, optim, parallel, steps, viz
 from cnnjax.checkpoint import Checkpointer
+from cnnjax.evaluate import BestCheckpoint
 from cnnjax.preemption import PreemptionGuard
 
 
@@ -151,15 +156,22 @@ def run(
     # Resume from the newest readable checkpoint, if any.
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
     pending: list[dict[str, Any]] = []
-    start_step = 0
+    start_step, best_so_far = 0, None
     if (restored := ckpt.restore_latest(state, warn=_log)) is not None:
         state, progress = restored
         start_step, pending = progress["step"], progress["pending_metrics"]
+        best_so_far = progress.get("best")
         loader.restore(start_step, progress["data"])
         _log(f"resumed from {ckpt.directory}/{start_step}")
+    best = (BestCheckpoint(workdir, t.best_metric, t.best_mode, best_so_far)
+            if t.best_metric else None)
     writer = None
     if jax.process_index() == 0:
-        writer = metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step)
+        writer = metrics_lib.RunWriter(workdir, start_step, total_steps, spe,
+                                       config.data.batch_size)
+        if t.plots and start_step == 0:  # the filters before training, for the plots
+            viz.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
+                                    info.image_shape)
 
     stats = {"mean": info.mean, "std": info.std}
     train_step = steps.make_train_step(
@@ -174,15 +186,19 @@ def run(
         f"({spe} per epoch) on {jax.device_count()} device(s); workdir {workdir}"
     )
 
-    def save(done: int) -> None:
+    def save(done: int, to_best: bool = False) -> None:
         _check_finite(pending, done - len(pending), t.nan_policy)
         progress = {
             "step": done,
             "data": loader.state(done),
             "pending_metrics": metrics_lib.to_floats(pending),
             "config": config_lib.to_dict(config),
+            "best": best.record if best else None,
         }
-        ckpt.save(done, state, progress)
+        if to_best:
+            best.save(state, progress)
+        else:
+            ckpt.save(done, state, progress)
 
     end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
     last_eval: dict[str, float] = {}
@@ -193,6 +209,8 @@ def run(
             state, metrics = train_step(state, batch)
             pending.append(metrics)
             done = step + 1
+            if writer:
+                writer.update(done, metrics)
             record: dict[str, Any] = {}
             if done % t.log_every_steps == 0 or done == total_steps:
                 _check_finite(pending, step + 1 - len(pending), t.nan_policy)
@@ -203,20 +221,34 @@ def run(
             if done % eval_every == 0 or done == total_steps:
                 last_eval = _eval(eval_step, state, data, config.data.eval_batch_size, mesh)
                 record.update(last_eval)
+                if best and best.improves(last_eval):
+                    best.update(done, last_eval)
+                    save(done, to_best=True)
             if record:
                 record = {"step": done, "epoch": done / spe, **record}
                 if writer:
-                    writer.write(record)
-                _log(_progress_line(record, total_steps))
+                    writer.write(record, _progress_line(record, total_steps))
             if preemption.requested():
                 save(done)
                 ckpt.wait()
                 ckpt.close()
+                if best:
+                    best.close()
+                if writer:
+                    writer.close()
                 raise Preempted(done, workdir)
             if done % t.checkpoint_every_steps == 0 or done == end:
                 save(done)
     ckpt.wait()
     ckpt.close()
+    if best:
+        best.close()
+    if writer:
+        writer.close()
+        last_eval = last_eval or writer.last_eval  # a relaunch of a finished run
+    if t.plots and start_step < end == total_steps:
+        viz.write_plots(os.path.join(workdir, "plots"), config, state_variables(state), data,
+                        mesh, end, writer and metrics_lib.read_jsonl(writer.jsonl.path))
 
     summary = {
         "workdir": workdir,
@@ -225,7 +257,12 @@ def run(
         "wall_time_s": time.time() - start_time,
         **{k.replace("eval_", "test_"): v for k, v in last_eval.items()},
     }
+    if best and best.record:
+        summary.update(best_metric=best.record["metric"], best_value=best.record["value"],
+                       best_step=best.record["step"])
     if end == total_steps:
+        if jax.process_index() == 0:  # marks the run finished (sweeps skip it)
+            _write_summary(summary, workdir)
         _log(
             f"done: test accuracy {summary.get('test_accuracy', float('nan')):.4f}, "
             f"test loss {summary.get('test_loss', float('nan')):.4f}, "
@@ -234,6 +271,21 @@ def run(
     else:
         _log(f"stopped at step {end}/{total_steps}; relaunch with --workdir={workdir} to resume")
     return summary
+
+
+def state_variables(state: steps.TrainState) -> dict[str, Any]:
+    """The model variables of ``state`` (params and, if any, BatchNorm statistics)."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def _write_summary(summary: dict[str, Any], workdir: str) -> None:
+    path = os.path.join(workdir, "summary.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def _progress_line(record: dict[str, Any], total_steps: int) -> str:

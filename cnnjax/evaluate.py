@@ -1,0 +1,326 @@
+"""Evaluation and prediction from a workdir's checkpoints, and the best-checkpoint record.
+
+    python launch.py --mode=eval --workdir=W [--checkpoint=latest|best|STEP]
+    python launch.py --mode=predict --workdir=W --inputs=a.png,b.png   # or --inputs=x.npz
+
+``eval`` writes ``W/eval.json`` (top-1, top-5, loss, per-class accuracy, confusion matrix);
+its loss and accuracies come from the training loop's own ``eval_step`` on the same batches,
+so they equal the loop's last evaluation of that checkpoint. ``predict`` writes
+``W/predictions.csv``. Both read the config recorded in the checkpoint.
+
+Best checkpoint: ``BestCheckpoint`` keeps the state with the best ``train.best_metric`` in
+``W/best_checkpoint`` (its own Orbax manager holding one checkpoint) and names it in
+``W/best.json``. The regular checkpoints are never touched, so resuming stays exact; the best
+value so far travels in every checkpoint's progress JSON, so a resumed run compares against
+the best of the run it resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cnnjax import config as config_lib
+from cnnjax import data as data_lib
+from cnnjax import metrics as metrics_lib
+from cnnjax import models, parallel, steps
+from cnnjax.checkpoint import Checkpointer
+
+BEST_DIR = "best_checkpoint"
+
+
+# ------------------------------------------------------------------------- best checkpoint
+
+
+class BestCheckpoint:
+    """Saves the state whenever ``metric`` improves (``mode`` ``"max"`` or ``"min"``).
+
+    ``previous``: the ``record`` stored in the checkpoint a run resumes from, if any.
+    """
+
+    def __init__(self, workdir: str, metric: str, mode: str, previous: dict | None = None):
+        self.workdir, self.metric, self.mode = workdir, metric, mode
+        self.record = previous
+        self._ckpt = Checkpointer(os.path.join(workdir, BEST_DIR), keep=1, barrier_prefix="best")
+
+    def improves(self, metrics: dict[str, float]) -> bool:
+        if self.metric not in metrics:
+            return False
+        if self.record is None:
+            return True
+        value, best = metrics[self.metric], self.record["value"]
+        return value > best if self.mode == "max" else value < best
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        """Records ``metrics`` of ``step`` as the best; call ``save`` with its state next."""
+        self.record = {"metric": self.metric, "mode": self.mode, "step": step,
+                       "value": metrics[self.metric]}
+
+    def save(self, state: Any, progress: dict[str, Any]) -> None:
+        step = self.record["step"]
+        if self._ckpt.latest_step() != step:  # a resumed run may reach a saved best again
+            self._ckpt.save(step, state, progress)
+        if jax.process_index() == 0:
+            _write_json(os.path.join(self.workdir, "best.json"), self.record)
+
+    def close(self) -> None:
+        self._ckpt.wait()
+        self._ckpt.close()
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- loading a run
+
+
+@dataclasses.dataclass
+class Run:
+    """A checkpoint of a workdir, ready to evaluate (``variables`` are host arrays)."""
+
+    workdir: str
+    checkpoint: str
+    step: int
+    config: ml_collections.ConfigDict
+    variables: dict[str, Any]
+
+
+def _steps(directory: str) -> list[int]:
+    # Orbax renames a checkpoint's temporary directory to its step once it is complete.
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def resolve_checkpoint(workdir: str, which: str = "latest") -> tuple[str, int]:
+    """(Orbax directory, step) of ``which``: ``latest``, ``best`` or a step number."""
+    regular, best = os.path.join(workdir, "checkpoints"), os.path.join(workdir, BEST_DIR)
+    found, found_best = _steps(regular), _steps(best)
+    if which == "latest":
+        if not found:
+            raise config_lib.ConfigError(f"no checkpoint in {regular}; train first")
+        return regular, found[-1]
+    if which == "best":
+        if not found_best:
+            raise config_lib.ConfigError(
+                f"no best checkpoint in {workdir} (train.best_metric is empty, or no eval yet)")
+        return best, found_best[-1]
+    if not which.isdigit():
+        raise config_lib.ConfigError(
+            f"--checkpoint must be 'latest', 'best' or a step number, got {which!r}")
+    for directory, there in ((regular, found), (best, found_best)):
+        if int(which) in there:
+            return directory, int(which)
+    raise config_lib.ConfigError(
+        f"no checkpoint at step {which} in {workdir}; there are: {found}")
+
+
+def load_run(workdir: str, which: str = "latest") -> Run:
+    """Restores checkpoint ``which`` of ``workdir`` with the config it was trained with."""
+    workdir = os.path.abspath(workdir)
+    directory, step = resolve_checkpoint(workdir, which)
+    # Read-only: a run still training in this workdir keeps its in-flight saves.
+    manager = ocp.CheckpointManager(directory, item_names=("state", "progress"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()))
+    manager.close()
+    state, progress = restored.state, restored.progress
+    variables = {"params": state["params"]}
+    if state.get("batch_stats"):
+        variables["batch_stats"] = state["batch_stats"]
+    config = ml_collections.ConfigDict(progress["config"])
+    return Run(workdir, which, step, config, variables)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name=None):
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    return models.get_model(config.model.name, num_classes=num_classes, axis_name=axis_name,
+                            **kwargs)
+
+
+def make_predict(model, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """``(variables, images [b, h, w, c] uint8) -> probabilities [b, classes] float32``."""
+
+    def predict(variables, images):
+        logits = model.apply(variables, steps.normalize(images, mean, std), train=False)
+        return jax.nn.softmax(logits, axis=-1)
+
+    return jax.jit(predict)
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def _eval_setup(config, variables, data, mesh):
+    info = data.info
+    stats = {"mean": info.mean, "std": info.std}
+    return info, stats, jax.device_put(variables, parallel.replicated(mesh))
+
+
+def eval_metrics(config: ml_collections.ConfigDict, variables: dict[str, Any],
+                 data: data_lib.Data, mesh) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy over the test split, computed as the training loop
+    does (its ``eval_step``, batch size and summation order), so the numbers are equal."""
+    info, stats, variables = _eval_setup(config, variables, data, mesh)
+    model = build_model(config, info.num_classes, axis_name=parallel.AXIS)
+    eval_step = steps.make_eval_step(mesh, model=model, **stats)
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), opt_state=None,
+                             rng=jnp.zeros((2,), jnp.uint32))
+    totals = None
+    for local in data.eval_batches(config.data.eval_batch_size):
+        sums = eval_step(state, parallel.global_batch(local, mesh))
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    return metrics_lib.summarize_eval(totals)
+
+
+def confusion_matrix(config: ml_collections.ConfigDict, variables: dict[str, Any],
+                     data: data_lib.Data, mesh) -> np.ndarray:
+    """``[true class, predicted class]`` counts over the test split (every process calls)."""
+    info, stats, variables = _eval_setup(config, variables, data, mesh)
+    predict = make_predict(build_model(config, info.num_classes), **stats)
+    confusion = np.zeros((info.num_classes,) * 2, np.int64)
+    for local in data.eval_batches(config.data.eval_batch_size):
+        batch = parallel.global_batch(local, mesh)
+        probs = predict(variables, batch["images"])
+        predicted, labels, mask = _gather(jnp.argmax(probs, -1), batch["labels"], batch["mask"])
+        keep = mask > 0
+        np.add.at(confusion, (labels[keep], predicted[keep]), 1)
+    return confusion
+
+
+def evaluate(config: ml_collections.ConfigDict, variables: dict[str, Any],
+             data: data_lib.Data, mesh) -> dict[str, Any]:
+    """``eval_metrics`` plus per-class accuracy and the confusion matrix."""
+    result: dict[str, Any] = eval_metrics(config, variables, data, mesh)
+    confusion = confusion_matrix(config, variables, data, mesh)
+    per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+    result.update(num_examples=int(confusion.sum()),
+                  per_class_accuracy=[float(a) for a in per_class],
+                  confusion_matrix=confusion.tolist())
+    return result
+
+
+def _gather(*arrays: jax.Array) -> list[np.ndarray]:
+    if jax.process_count() == 1:
+        return [np.asarray(a) for a in arrays]
+    from jax.experimental import multihost_utils
+
+    return [np.asarray(a) for a in multihost_utils.process_allgather(arrays, tiled=True)]
+
+
+def run_eval(workdir: str, which: str = "latest") -> dict[str, Any]:
+    """``--mode=eval``: evaluates checkpoint ``which``, prints a table, writes eval.json."""
+    run = load_run(workdir, which)
+    config_lib.validate(run.config, jax.device_count())
+    data = data_lib.build(run.config.data, run.config.seed, jax.process_index(),
+                          jax.process_count())
+    result = {"workdir": run.workdir, "checkpoint": which, "step": run.step,
+              **evaluate(run.config, run.variables, data, parallel.make_mesh())}
+    if jax.process_index() == 0:
+        _write_json(os.path.join(run.workdir, "eval.json"), result)
+        print(format_eval(result))
+    return result
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    """The eval result as a plain-text report: metrics, per-class table, confusion matrix."""
+    cm = np.asarray(result["confusion_matrix"])
+    lines = [
+        f"checkpoint {result['checkpoint']} (step {result['step']}) of {result['workdir']}",
+        f"top-1 accuracy {result['eval_accuracy']:.4f}  top-5 accuracy "
+        f"{result['eval_top5_accuracy']:.4f}  loss {result['eval_loss']:.4f}  "
+        f"({result['num_examples']} examples)",
+        "", "class  examples  accuracy",
+    ]
+    for c, acc in enumerate(result["per_class_accuracy"]):
+        lines.append(f"{c:>5}  {cm[c].sum():>8}  {acc:>8.4f}")
+    width = max(len(str(cm.max())), len(str(len(cm) - 1))) + 1
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)",
+              "     " + "".join(f"{c:>{width}}" for c in range(len(cm)))]
+    lines += [f"{c:>4} " + "".join(f"{v:>{width}}" for v in row) for c, row in enumerate(cm)]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ prediction
+
+
+def load_inputs(spec: str, image_shape: Sequence[int]) -> tuple[list[str], np.ndarray]:
+    """Names and ``[n, h, w, c] uint8`` images from ``a.png,b.png`` or ``x.npz``.
+
+    Image files are converted to the dataset's channels and resized to its size. An ``.npz``
+    holds ``images`` (or a single array) ``[n, h, w(, c)]`` in 0..255, of the dataset's size.
+    """
+    h, w, c = image_shape
+    paths = [p for p in spec.split(",") if p]
+    if not paths:
+        raise config_lib.ConfigError("--inputs is empty; pass a.png,b.png or x.npz")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise config_lib.ConfigError(f"input file {p!r} not found")
+    if len(paths) == 1 and paths[0].endswith(".npz"):
+        with np.load(paths[0]) as npz:
+            images = npz["images"] if "images" in npz else npz[npz.files[0]]
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.shape[1:] != (h, w, c):
+            raise config_lib.ConfigError(
+                f"{paths[0]} holds images of shape {images.shape[1:]}; the model takes "
+                f"{(h, w, c)}")
+        names = [f"{paths[0]}[{i}]" for i in range(len(images))]
+        return names, np.clip(images, 0, 255).astype(np.uint8)
+    from PIL import Image
+
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("L" if c == 1 else "RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.Resampling.BILINEAR)
+            images.append(np.asarray(im, np.uint8).reshape(h, w, c))
+    return paths, np.stack(images)
+
+
+def run_predict(workdir: str, inputs: str, which: str = "latest") -> list[dict[str, Any]]:
+    """``--mode=predict``: classes and probabilities for ``inputs``, into predictions.csv."""
+    run = load_run(workdir, which)
+    train = data_lib.load(run.config.data.name, "train", run.config.data.data_dir)
+    info = data_lib.info_from(run.config.data.name, train)
+    names, images = load_inputs(inputs, info.image_shape)
+    predict = make_predict(build_model(run.config, info.num_classes), info.mean, info.std)
+    probs = np.asarray(predict(run.variables, images))
+    rows = [{"input": n, "predicted": int(p.argmax()), "probability": float(p.max()),
+             **{f"p_{k}": float(v) for k, v in enumerate(p)}}
+            for n, p in zip(names, probs, strict=True)]
+    path = os.path.join(run.workdir, "predictions.csv")
+    if jax.process_index() == 0:
+        _write_csv(path, rows)
+        print(f"checkpoint {which} (step {run.step}); predictions in {path}")
+        for r in rows:
+            print(f"{r['input']}: class {r['predicted']} (p={r['probability']:.4f})")
+    return rows
+
+
+def _write_csv(path: str, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["input"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -1,0 +1,349 @@
+"""Sweeps: a grid of config overrides, each point trained in its own sub-directory.
+
+    python launch.py --config=experiments/default.py --workdir=W \\
+        --sweep='optimizer.learning_rate=0.1,0.03,0.01 seed=0,1,2'
+
+Axes are separated by spaces, values by commas (commas inside brackets belong to the value:
+``model.features=(8,16),(16,32)``). A config file may instead define ``get_sweep()``,
+returning a grid ``{key: [values]}`` or a list of override dicts; ``--sweep`` wins over it.
+
+Point ``k`` (grid order: the last axis varies fastest) trains in ``W/<name>``, its name made
+of its overrides (``optimizer.learning_rate=0.1,seed=0``). A point is finished when its
+``summary.json`` records the full step count: relaunching skips finished points and resumes
+the others from their checkpoints. ``--sweep_index=K`` runs point K only (one per SLURM array
+task). Whenever a point finishes, ``W/results.csv``, ``W/results.md`` and (with a ``seed``
+axis) ``W/results_mean.csv`` are rewritten: every point's overrides and final and best test
+metrics, and the mean and sample standard deviation over seeds of the points that differ
+only in ``seed``. Every point's config is checked before any training starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import dataclasses
+import difflib
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from cnnjax import config as config_lib
+
+METRICS = ("test_accuracy", "test_top5_accuracy", "test_loss", "best_value")
+
+
+@dataclasses.dataclass
+class Point:
+    index: int
+    overrides: dict[str, Any]  # key -> value, typed as the config field
+    name: str
+    config: ml_collections.ConfigDict
+
+
+# ------------------------------------------------------------------------------ expansion
+
+
+def _split_values(text: str) -> list[str]:
+    """``0.1,(8,16),x`` -> ``["0.1", "(8,16)", "x"]``: commas inside brackets are kept."""
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    return [v.strip() for v in [*values, current] if v.strip()]
+
+
+def parse_spec(spec: str) -> dict[str, list[str]]:
+    """``'a.b=1,2 c=x'`` -> ``{"a.b": ["1", "2"], "c": ["x"]}`` (values still text)."""
+    axes: dict[str, list[str]] = {}
+    for axis in shlex.split(spec):
+        key, sep, values = axis.partition("=")
+        if not sep or not key or not _split_values(values):
+            raise config_lib.ConfigError(
+                f"sweep axis {axis!r} must look like key=value1,value2,...")
+        if key in axes:
+            raise config_lib.ConfigError(f"sweep axis {key!r} is given twice")
+        axes[key] = _split_values(values)
+    if not axes:
+        raise config_lib.ConfigError("--sweep is empty; e.g. --sweep='seed=0,1,2'")
+    return axes
+
+
+def grid(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination, the last axis varying fastest."""
+    keys = list(axes)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def from_config_file(path: str) -> list[dict[str, Any]] | None:
+    """The points of ``get_sweep()`` in config file ``path`` (None if it has none)."""
+    spec = importlib.util.spec_from_file_location("_cnnjax_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        return None
+    sweep = module.get_sweep()
+    if isinstance(sweep, dict):
+        return grid({k: list(v) for k, v in sweep.items()})
+    if isinstance(sweep, (list, tuple)) and all(isinstance(p, dict) for p in sweep):
+        return [dict(p) for p in sweep]
+    raise config_lib.ConfigError(
+        f"get_sweep() in {path} must return {{key: [values]}} or a list of dicts")
+
+
+def _coerce(key: str, raw: Any, current: Any) -> Any:
+    """``raw`` (text from the command line, or a Python value) as the type of ``current``."""
+    text = isinstance(raw, str) and not isinstance(current, str)
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                tuple: "a tuple such as (8,16)", list: "a tuple such as (8,16)"}.get(
+                    type(current), type(current).__name__)
+    try:
+        if isinstance(current, bool):
+            if text and raw.lower() in ("true", "false", "1", "0"):
+                return raw.lower() in ("true", "1")
+            if isinstance(raw, bool):
+                return raw
+        elif isinstance(current, int):
+            value = int(raw) if text else raw
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif isinstance(current, float):
+            value = float(raw) if text else raw
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif isinstance(current, (tuple, list)):
+            value = ast.literal_eval(raw) if text else raw
+            if isinstance(value, (tuple, list)):
+                return tuple(value)
+        elif isinstance(current, str):
+            if isinstance(raw, str):
+                return raw
+        else:  # None or another type: take a Python literal, or the text itself
+            try:
+                return ast.literal_eval(raw) if text else raw
+            except (ValueError, SyntaxError):
+                return raw
+    except (ValueError, SyntaxError):
+        pass
+    raise config_lib.ConfigError(f"sweep value {raw!r} for {key} must be {expected}")
+
+
+def _flat_keys(tree: Any, prefix: str = "") -> list[str]:
+    if isinstance(tree, ml_collections.ConfigDict):
+        tree = config_lib.to_dict(tree)
+    keys = []
+    for k, v in tree.items():
+        keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return keys
+
+
+def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> tuple[
+        ml_collections.ConfigDict, dict[str, Any]]:
+    """A copy of ``config`` with ``overrides``, each checked against the field's type.
+
+    ``model.name`` is applied first and brings that model's own fields with their defaults.
+    """
+    from cnnjax import models
+
+    config = copy.deepcopy(config)
+    typed: dict[str, Any] = {}
+    with config.unlocked():
+        if "model.name" in overrides:
+            name = str(overrides["model.name"])
+            if name not in models.names():
+                raise config_lib.ConfigError(
+                    f"unknown model {name!r} in sweep; choose one of: {', '.join(models.names())}")
+            config.model = config_lib.model_config(name)
+        keys = _flat_keys(config)
+        for key, raw in overrides.items():
+            if key == "model.name":
+                typed[key] = config.model.name
+                continue
+            if key not in keys:
+                close = difflib.get_close_matches(key, keys, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise config_lib.ConfigError(f"unknown config key {key!r} in sweep{hint}")
+            *parents, leaf = key.split(".")
+            node = config
+            for part in parents:
+                node = node[part]
+            node[leaf] = typed[key] = _coerce(key, raw, node[leaf])
+    return config, typed
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "-".join(_format(v) for v in value)
+    return str(value)
+
+
+def point_name(overrides: dict[str, Any]) -> str:
+    """A filesystem-safe directory name: ``key=value,key=value`` (long names hashed)."""
+    name = ",".join(f"{k}={_format(v)}" for k, v in overrides.items())
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name) or "default"
+    if len(name) > 180:
+        name = f"{name[:160]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+def expand(config: ml_collections.ConfigDict, points: list[dict[str, Any]],
+           device_count: int | None = None) -> list[Point]:
+    """Configs of every point, each validated (``ConfigError`` before any work)."""
+    result, names = [], set()
+    for i, overrides in enumerate(points):
+        point_config, typed = apply(config, overrides)
+        try:
+            config_lib.validate(point_config, device_count)
+        except config_lib.ConfigError as e:
+            raise config_lib.ConfigError(f"sweep point {point_name(typed)}: {e}") from None
+        name = point_name(typed)
+        if name in names:
+            raise config_lib.ConfigError(f"sweep point {name} appears twice")
+        names.add(name)
+        result.append(Point(i, typed, name, point_config))
+    return result
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def read_summary(point_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(point_dir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def is_finished(point_dir: str) -> bool:
+    summary = read_summary(point_dir)
+    return bool(summary) and summary.get("step", -1) >= summary.get("total_steps", 0)
+
+
+def run(
+    points: list[Point], workdir: str, index: int | None = None,
+    train_fn: Callable[..., dict] | None = None, **train_kwargs: Any,
+) -> None:
+    """Trains every unfinished point (or only point ``index``), then writes the results."""
+    import jax
+
+    if train_fn is None:
+        from cnnjax import train
+
+        train_fn = train.run
+    if index is not None and not 0 <= index < len(points):
+        raise config_lib.ConfigError(
+            f"--sweep_index={index} is out of range: the sweep has {len(points)} points "
+            f"(0..{len(points) - 1})")
+    workdir = os.path.abspath(workdir)
+    chosen = points if index is None else [points[index]]
+    log = print if jax.process_index() == 0 else (lambda *a: None)
+    for point in chosen:
+        point_dir = os.path.join(workdir, point.name)
+        if is_finished(point_dir):
+            log(f"sweep point {point.index} of 0..{len(points) - 1}: {point.name} is finished; "
+                "skipping")
+            continue
+        log(f"sweep point {point.index} of 0..{len(points) - 1}: {point.name}")
+        train_fn(point.config, point_dir, **train_kwargs)
+        if jax.process_index() == 0:
+            write_results(workdir, points)
+    if jax.process_index() == 0:
+        paths = write_results(workdir, points)
+        log(f"sweep results: {', '.join(paths)}")
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def _rows(workdir: str, points: list[Point]) -> list[dict[str, Any]]:
+    rows = []
+    for p in points:
+        summary = read_summary(os.path.join(workdir, p.name)) or {}
+        finished = is_finished(os.path.join(workdir, p.name))
+        row = {"point": p.name, **{k: _format(v) for k, v in p.overrides.items()},
+               "status": "finished" if finished else "unfinished"}
+        for key in ("step", *METRICS, "best_metric", "best_step", "wall_time_s"):
+            row[key] = summary.get(key, "")
+        rows.append(row)
+    return rows
+
+
+def _groups(points: list[Point], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict]] = {}
+    for p, row in zip(points, rows, strict=True):
+        if row["status"] == "finished":
+            key = tuple((k, _format(v)) for k, v in p.overrides.items() if k != "seed")
+            groups.setdefault(key, []).append(row)
+    result = []
+    for key, members in groups.items():
+        out: dict[str, Any] = {**dict(key), "n": len(members)}
+        for m in METRICS:
+            values = np.asarray([r[m] for r in members if r[m] != ""], np.float64)
+            out[f"{m}_mean"] = float(values.mean()) if len(values) else ""
+            out[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else ""
+        result.append(out)
+    return result
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = f"{path}.{os.getpid()}.tmp"  # array tasks may write at once: rename is atomic
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields or ["point"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return lines
+
+
+def write_results(workdir: str, points: list[Point]) -> list[str]:
+    """Rewrites results.csv, results.md (and results_mean.csv with a seed axis)."""
+    rows = _rows(workdir, points)
+    keys = list(dict.fromkeys(k for p in points for k in p.overrides))
+    written = [os.path.join(workdir, "results.csv"), os.path.join(workdir, "results.md")]
+    _write_csv(written[0], rows)
+    done = sum(r["status"] == "finished" for r in rows)
+    md = [f"# Sweep results: {workdir}", "", f"{done} of {len(rows)} points finished.", ""]
+    md += _table(rows, [*keys, "status", "step", *METRICS, "best_step", "wall_time_s"])
+    if "seed" in keys:
+        groups = _groups(points, rows)
+        written.append(os.path.join(workdir, "results_mean.csv"))
+        _write_csv(written[-1], groups)
+        for g in groups:
+            for m in METRICS:
+                mean, std = g.pop(f"{m}_mean"), g.pop(f"{m}_std")
+                g[m] = "" if mean == "" else f"{mean:.4f}" + (f" ± {std:.4f}" if std != "" else "")
+        md += ["", "## Mean ± standard deviation over seeds (finished points)", ""]
+        md += _table(groups, [*(k for k in keys if k != "seed"), "n", *METRICS])
+    tmp = f"{written[1]}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(md) + "\n")
+    os.replace(tmp, written[1])
+    return written

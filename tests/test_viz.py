@@ -1,0 +1,69 @@
+"""Pictures: written at the end of training and by --mode=visualize, for a CNN and a ResNet."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from cnnjax import models, train, viz
+from cnnjax.config import model_config
+from tests.helpers import tiny_config
+from tests.runs import tiny_run  # noqa: F401 (a fixture)
+
+PNGS = ("curves.png", "first_conv_filters.png", "feature_maps.png", "confusion_matrix.png")
+
+
+def _check_pngs(directory):
+    for name in PNGS:
+        with Image.open(os.path.join(directory, name)) as im:
+            pixels = np.asarray(im.convert("L"))
+        assert im.format == "PNG" and min(im.size) >= 300, name
+        assert pixels.std() > 10, f"{name} is blank"  # something was drawn
+
+
+def test_training_writes_every_picture(tiny_run):  # noqa: F811
+    workdir, _, _ = tiny_run
+    plots = os.path.join(workdir, "plots")
+    _check_pngs(plots)
+    initial = np.load(os.path.join(plots, viz.INIT_KERNEL))
+    assert initial.shape == (3, 3, 1, 8)  # tiny_config: 3x3 convolutions, 8 filters first
+
+
+def test_visualize_any_checkpoint(tiny_run):  # noqa: F811
+    workdir, _, _ = tiny_run
+    written = viz.visualize(workdir, "10")
+    assert sorted(os.path.basename(p) for p in written) == sorted(PNGS)
+    _check_pngs(os.path.join(workdir, "plots", "10"))
+
+
+def test_initial_filters_are_recovered_without_the_saved_file(tiny_run, tmp_path):  # noqa: F811
+    workdir, _, _ = tiny_run
+    from cnnjax import evaluate
+
+    run = evaluate.load_run(workdir)
+    kernel = viz.initial_kernel(str(tmp_path), run.config, (8, 8, 1), 10)  # re-initialised
+    saved = np.load(os.path.join(workdir, "plots", viz.INIT_KERNEL))
+    np.testing.assert_array_equal(kernel, saved)
+
+
+def test_first_conv_and_stages_are_found_in_a_resnet_by_execution_order():
+    model = models.get_model("resnet18", num_classes=10, stage_sizes=(1, 1))
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    started, finished = viz.trace(model, variables, images, abstract=True)
+    # In the sorted parameter tree 'bn1' and 'head' come before 'conv1'; in execution, not.
+    assert viz._conv_path(started, variables["params"]) == ("conv1",)
+    labels = [label for label, _ in viz.stages([(p, np.zeros(o.shape)) for p, o in finished])]
+    assert labels == ["conv1 .. bn1  16x16x64", "layer1_0  8x8x64", "layer2_0  4x4x128"]
+
+
+def test_a_tiny_resnet_run_writes_every_picture(data_dir, tmp_path):
+    config = tiny_config(data_dir, num_steps=2, eval_every_steps=0, log_every_steps=1)
+    config.model = model_config("cifar_resnet20", depth=8)  # 3 stages of one block, 8x8 input
+    workdir = str(tmp_path / "resnet")
+    train.run(config, workdir)
+    plots = os.path.join(workdir, "plots")
+    _check_pngs(plots)
+    assert np.load(os.path.join(plots, viz.INIT_KERNEL)).shape == (3, 3, 1, 16)
