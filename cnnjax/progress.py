@@ -80,16 +80,11 @@ class ProgressBar:
         self._last_draw = now
         self._draw(step)
 
-    def line(self, step: int) -> str:
+    def line(self, step: int, columns: int = 100) -> str:
+        """The bar's text, at most ``columns - 1`` wide (the bar itself shrinks first)."""
         in_epoch = step - self._epoch * self.spe
         epoch_len = min(self.spe, self.total_steps - self._epoch * self.spe)
-        width = 20
-        filled = int(width * in_epoch / max(epoch_len, 1))
-        parts = [
-            f"epoch {self._epoch + 1}/{self.num_epochs}",
-            f"[{'#' * filled}{'-' * (width - filled)}]",
-            f"{in_epoch:>{len(str(epoch_len))}}/{epoch_len}",
-        ]
+        parts = [f"{in_epoch:>{len(str(epoch_len))}}/{epoch_len}"]
         n = max(self._count, 1)
         if "loss" in self._sums:
             parts.append(f"loss {self._sums['loss'] / n:.4f}")
@@ -99,11 +94,20 @@ class ProgressBar:
             eta = datetime.timedelta(seconds=round((self.total_steps - step) / self._rate))
             parts += [f"{self._rate:.1f} step/s", f"{self._rate * self.batch_size:.0f} img/s",
                       f"ETA {eta}"]
-        return "  ".join(parts)
+        head = f"epoch {self._epoch + 1}/{self.num_epochs}"
+        for sep in ("  ", " "):  # narrow terminals: tighter spacing, then a shorter bar
+            tail = sep.join(parts)
+            width = min(20, columns - 1 - len(head) - len(tail) - 2 * len(sep) - 2)
+            if width >= 5 or len(head) + len(sep) + len(tail) < columns:
+                break
+        if width >= 5:
+            filled = int(width * in_epoch / max(epoch_len, 1))
+            head += f"{sep}[{'#' * filled}{'-' * (width - filled)}]"
+        return f"{head}{sep}{tail}"[: columns - 1]
 
     def _draw(self, step: int) -> None:
         columns = shutil.get_terminal_size((100, 20)).columns
-        self.stream.write("\r\x1b[K" + self.line(step)[: columns - 1])
+        self.stream.write("\r\x1b[K" + self.line(step, columns))
         self.stream.flush()
         self._drawn = True
 
