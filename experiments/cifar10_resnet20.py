@@ -4,9 +4,9 @@ The recipe of He et al., "Deep Residual Learning for Image Recognition" (CVPR 20
 section 4.2: ResNet-20 with parameter-free (option A) shortcuts, SGD with momentum 0.9,
 weight decay 1e-4, batch 128, learning rate 0.1 divided by 10 at 32k and 48k iterations,
 64k iterations in all (164 epochs); 4-pixel zero padding with random 32x32 crops and
-horizontal flips. Two differences, both standard: the paper trained on 45k images (5k held
-out for validation) and subtracted the per-pixel mean; this trains on all 50k images and
-normalises per channel.
+horizontal flips. The schedule was chosen on a 45k/5k train/validation split; this trains on
+all 50k training images, and normalises per channel where the paper subtracted the
+per-pixel mean.
 
 Hardware: one GPU (the model has 0.27M parameters; the in-memory loader feeds it).
 

@@ -1,7 +1,7 @@
 """MNIST with a small CNN: aims for >= 99.2% test accuracy (10,000 test images).
 
-99.2% is the accuracy a two-convolution network reaches on MNIST without ensembling (LeCun et
-al.'s LeNet-5 reached 99.05% in 1998; the Keras/PyTorch reference CNNs report 99.2-99.3%).
+99.2% is what a two-convolution network reaches on MNIST without ensembling or distortions
+(LeCun et al.'s LeNet-5: 99.05% in 1998; the Keras example CNN: 99.25% after 12 epochs).
 Recipe here: conv 32 -> conv 64 (3x3, BatchNorm, 2x2 max-pool after each) -> dense 128
 (dropout 0.3) -> 10; SGD with momentum 0.9, learning rate 0.05 with cosine decay, weight
 decay 5e-4, batch 128, random +-2 pixel shifts, 15 epochs (7,020 steps).
