@@ -23,7 +23,7 @@ import ml_collections
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
-from cnnjax import models, optim, parallel, steps, viz
+from cnnjax import models, optim, parallel, steps, transfer, viz
 from cnnjax.checkpoint import Checkpointer
 from cnnjax.evaluate import BestCheckpoint
 from cnnjax.preemption import PreemptionGuard
@@ -153,8 +153,13 @@ def run(
     state = steps.init_state(model, tx, config.seed, info.image_shape, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
-    # Resume from the newest readable checkpoint, if any.
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
+    if config.init.checkpoint and not ckpt.all_steps():
+        state, notes = transfer.initialize_from(
+            state, config.init.checkpoint, config.init.exclude, tx, parallel.replicated(mesh)
+        )
+        _log(f"initialised from {config.init.checkpoint}" + "".join(f"\n  {n}" for n in notes))
+    # Resume from the newest readable checkpoint, if any.
     pending: list[dict[str, Any]] = []
     start_step, best_so_far = 0, None
     if (restored := ckpt.restore_latest(state, warn=_log)) is not None:
@@ -177,6 +182,7 @@ def run(
     train_step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
         label_smoothing=t.label_smoothing, skip_nonfinite=t.nan_policy == "skip",
+        frozen_batch_stats=config.optimizer.freeze_backbone,
         **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
     )
     eval_step = steps.make_eval_step(mesh, model=model, **stats)
@@ -203,6 +209,7 @@ def run(
     end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
     last_eval: dict[str, float] = {}
     window_start, window_step = time.time(), start_step
+    loop_start = window_start
     with PreemptionGuard() as preemption:
         for step in range(start_step, end):
             batch = parallel.global_batch(loader.batch(step), mesh)
@@ -255,6 +262,8 @@ def run(
         "step": end,
         "total_steps": total_steps,
         "wall_time_s": time.time() - start_time,
+        "train_time_s": time.time() - loop_start,  # the loop: steps, evals, first compile
+        "num_params": int(num_params),
         **{k.replace("eval_", "test_"): v for k, v in last_eval.items()},
     }
     if best and best.record:
