@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import evaluate
+from cnnjax import evaluate, train
 from cnnjax.config import ConfigError
 from cnnjax.data.builders.digits import load_split
 from cnnjax.metrics import read_jsonl
+from tests.helpers import tiny_config
 from tests.runs import tiny_run  # noqa: F401 (a fixture)
 from tests.test_launch import launch
 
@@ -116,3 +117,21 @@ def test_best_tracking_compares_by_mode(tmp_path):
         {"eval_accuracy": 0.6})
     best.close()
     resumed.close()
+
+
+def test_an_interrupted_run_keeps_the_same_best_and_every_checkpoint(tiny_run, data_dir,  # noqa: F811
+                                                                    tmp_path):
+    straight, _, _ = tiny_run
+    resumed = str(tmp_path / "resumed")
+    config = tiny_config(data_dir)
+    train.run(config, resumed, stop_at_step=15)  # after the eval of step 10
+    train.run(config, resumed)
+    for name in ("best.json", "summary.json"):
+        with open(os.path.join(straight, name)) as f, open(os.path.join(resumed, name)) as g:
+            a, b = json.load(f), json.load(g)
+        for key in ("workdir", "wall_time_s", "train_time_s"):
+            a.pop(key, None), b.pop(key, None)
+        assert a == b, name
+    assert os.listdir(os.path.join(resumed, evaluate.BEST_DIR)) == os.listdir(
+        os.path.join(straight, evaluate.BEST_DIR))
+    assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["10", "15", "20"]
