@@ -221,7 +221,8 @@ def plot_feature_maps(image: np.ndarray, maps: list[tuple[str, np.ndarray]], pat
 def plot_confusion(confusion: np.ndarray, path: str, title: str = "") -> None:
     cm = np.asarray(confusion)
     n = len(cm)
-    fig = _figure(max(5, 0.45 * n + 2), max(4.5, 0.45 * n + 1.5))
+    # Capped: at 1,000 classes an uncapped figure is 45,000 pixels a side (gigabytes).
+    fig = _figure(min(max(5, 0.45 * n + 2), 16), min(max(4.5, 0.45 * n + 1.5), 15.5))
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1, top=0.92)
     ax = fig.subplots()
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)

@@ -67,3 +67,12 @@ def test_a_tiny_resnet_run_writes_every_picture(data_dir, tmp_path):
     plots = os.path.join(workdir, "plots")
     _check_pngs(plots)
     assert np.load(os.path.join(plots, viz.INIT_KERNEL)).shape == (3, 3, 1, 16)
+
+
+def test_confusion_matrix_of_1000_classes_stays_a_bounded_picture(tmp_path):
+    # An uncapped figure grew with the class count: 45,000 pixels a side, gigabytes of memory.
+    cm = np.random.default_rng(0).integers(0, 5, (1000, 1000))
+    path = str(tmp_path / "cm.png")
+    viz.plot_confusion(cm, path)
+    width, height = Image.open(path).size
+    assert 0 < width <= 2000 and 0 < height <= 2000
