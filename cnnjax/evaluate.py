@@ -299,8 +299,7 @@ def load_inputs(spec: str, image_shape: Sequence[int]) -> tuple[list[str], np.nd
 def run_predict(workdir: str, inputs: str, which: str = "latest") -> list[dict[str, Any]]:
     """``--mode=predict``: classes and probabilities for ``inputs``, into predictions.csv."""
     run = load_run(workdir, which)
-    train = data_lib.load(run.config.data.name, "train", run.config.data.data_dir)
-    info = data_lib.info_from(run.config.data.name, train)
+    info = data_lib.describe(run.config.data)  # what training normalised with
     names, images = load_inputs(inputs, info.image_shape)
     predict = make_predict(build_model(run.config, info.num_classes), info.mean, info.std)
     probs = np.asarray(predict(run.variables, images))
