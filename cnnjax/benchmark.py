@@ -122,6 +122,29 @@ def _flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and cost.get("flops", 0) > 0 else None
 
 
+def _train_step(model_name: str, model_kwargs: dict[str, Any], batch_size: int,
+                image_shape: tuple[int, int, int], num_classes: int, dtype: str, mesh):
+    """cnnjax's jitted train step, its initial state and a synthetic global batch."""
+    from cnnjax import config, models, optim, parallel, steps
+
+    if batch_size % mesh.size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {mesh.size} devices")
+    model = models.get_model(model_name, num_classes=num_classes, dtype=dtype,
+                             axis_name=parallel.AXIS, **model_kwargs)
+    opt = config.defaults().optimizer
+    opt.update(name="sgd", learning_rate=LEARNING_RATE, momentum=MOMENTUM,
+               weight_decay=WEIGHT_DECAY, schedule="constant")
+    schedule = optim.make_schedule(opt, 1, 1)
+    tx = optim.make_optimizer(opt, schedule)
+    state = steps.init_state(model, tx, 0, image_shape, mesh)
+    train_step = steps.make_train_step(
+        mesh, model=model, tx=tx, schedule=schedule,
+        mean=(127.5,) * image_shape[-1], std=(64.0,) * image_shape[-1],
+    )
+    batch = parallel.global_batch(synthetic_batch(batch_size, image_shape, num_classes), mesh)
+    return train_step, state, batch
+
+
 def prepare_jax(model_name: str, model_kwargs: dict[str, Any], batch_size: int,
                 image_shape: tuple[int, int, int], num_classes: int, dtype: str, warmup: int,
                 compiler_options: dict[str, Any] | None = None):
@@ -134,27 +157,12 @@ def prepare_jax(model_name: str, model_kwargs: dict[str, Any], batch_size: int,
     """
     import jax
 
-    from cnnjax import config, models, optim, parallel
-    from cnnjax import steps as steps_lib
+    from cnnjax import parallel
 
     mesh = parallel.make_mesh(jax.local_devices())
-    if batch_size % mesh.size:
-        raise ValueError(f"batch_size {batch_size} is not divisible by {mesh.size} devices")
-    model = models.get_model(model_name, num_classes=num_classes, dtype=dtype,
-                             axis_name=parallel.AXIS, **model_kwargs)
-    opt = config.defaults().optimizer
-    opt.update(name="sgd", learning_rate=LEARNING_RATE, momentum=MOMENTUM,
-               weight_decay=WEIGHT_DECAY, schedule="constant")
-    schedule = optim.make_schedule(opt, 1, 1)
-    tx = optim.make_optimizer(opt, schedule)
     rss_reset = reset_peak_rss()
-    state = steps_lib.init_state(model, tx, 0, image_shape, mesh)
-    train_step = steps_lib.make_train_step(
-        mesh, model=model, tx=tx, schedule=schedule,
-        mean=(127.5,) * image_shape[-1], std=(64.0,) * image_shape[-1],
-    )
-    batch = parallel.global_batch(synthetic_batch(batch_size, image_shape, num_classes), mesh)
-
+    train_step, state, batch = _train_step(model_name, model_kwargs, batch_size, image_shape,
+                                           num_classes, dtype, mesh)
     t0 = time.perf_counter()
     lowered = train_step.lower(state, batch)
     t1 = time.perf_counter()
@@ -294,29 +302,13 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
     if loader:
         result["loader"] = bench_loader(batch_size, image_shape, num_classes, steps)
     if torch:
-        result["torch"], result["ratios"] = tinfo, _ratios(tinfo, times, j, batch_size)
+        result["torch"] = tinfo
+        result["ratios"] = benchmark_torch.ratios(tinfo, times, j["step"], batch_size)
     result["environment"]["load_average_after"] = _load()
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
     return result
-
-
-def _ratios(tinfo: dict[str, Any], times: dict[str, list[float]], j: dict[str, Any],
-            batch_size: int) -> dict[str, Any]:
-    """Fills each torch mode's step times in ``tinfo``; cnnjax's speed relative to each."""
-    ratios: dict[str, Any] = {}
-    for mode, r in tinfo.items():
-        if isinstance(r, dict) and mode in times:
-            r["step"] = timing(times[mode])
-            r["images_per_s"] = batch_size / r["step"]["median_s"]
-            ratios[f"cnnjax / torch {mode}"] = {
-                "median": r["step"]["median_s"] / j["step"]["median_s"],
-                "best": r["step"]["best_s"] / j["step"]["best_s"],
-            }
-        elif mode != "info":
-            ratios[f"cnnjax / torch {mode}"] = None
-    return ratios
 
 
 def _load() -> list[float] | None:
@@ -399,8 +391,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--torch_threads", default="", help="e.g. 1,2: time torch at each count")
     p.add_argument("--no_loader", action="store_true")
     p.add_argument("--compiler_options", default="{}", help="JSON: XLA options for the step")
-    p.add_argument("--xla_cpu_defaults", action="store_true",
-                   help="compile with XLA:CPU's defaults, not parallel.CPU_COMPILER_OPTIONS")
     p.add_argument("--ab_xla_cpu_defaults", action="store_true",
                    help="also time the step compiled with XLA:CPU's defaults, interleaved")
     p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX starts")
@@ -412,8 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.model, batch_size=a.batch_size, image_size=a.image_size, channels=a.channels,
         num_classes=a.num_classes, dtype=a.dtype, steps=a.steps, warmup=a.warmup,
         rounds=a.rounds, model_kwargs=json.loads(a.model_kwargs),
-        compiler_options={**(XLA_CPU_DEFAULTS if a.xla_cpu_defaults else {}),
-                          **json.loads(a.compiler_options)},
+        compiler_options=json.loads(a.compiler_options),
         baseline_options=XLA_CPU_DEFAULTS if a.ab_xla_cpu_defaults else None,
         peak_tflops=a.peak_tflops,
         torch=a.torch, torch_compile=not a.no_torch_compile,

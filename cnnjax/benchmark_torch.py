@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from cnnjax import models
-from cnnjax.benchmark import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
+from cnnjax.benchmark import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, timing
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -241,3 +241,20 @@ def prepare(name: str, model_kwargs: dict[str, Any], batch_size: int,
             }
             runners[key] = run
     return info, runners
+
+
+def ratios(tinfo: dict[str, Any], times: dict[str, list[float]], jax_step: dict[str, float],
+           batch_size: int) -> dict[str, Any]:
+    """Fills each torch mode's step times in ``tinfo``; cnnjax's speed relative to each."""
+    out: dict[str, Any] = {}
+    for mode, r in tinfo.items():
+        if isinstance(r, dict) and mode in times:
+            r["step"] = timing(times[mode])
+            r["images_per_s"] = batch_size / r["step"]["median_s"]
+            out[f"cnnjax / torch {mode}"] = {
+                "median": r["step"]["median_s"] / jax_step["median_s"],
+                "best": r["step"]["best_s"] / jax_step["best_s"],
+            }
+        elif mode != "info":
+            out[f"cnnjax / torch {mode}"] = None
+    return out
