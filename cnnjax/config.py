@@ -246,9 +246,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     for key in ("batch_size", "eval_batch_size"):
         _require(data[key] > 0, f"data.{key} must be > 0, got {data[key]}")
         if device_count:
+            fit = max(device_count, data[key] // device_count * device_count)
             _require(
                 data[key] % device_count == 0,
                 f"data.{key}={data[key]} is not divisible by the {device_count} devices; "
                 f"use a multiple of {device_count}, e.g. "
-                f"--config.data.{key}={max(device_count, data[key] // device_count * device_count)}",
+                f"--config.data.{key}={fit}",
             )

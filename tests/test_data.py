@@ -17,8 +17,8 @@ def test_digits_split_is_fixed_stratified_and_disjoint(data_dir):
     # the data source holds exactly the documented split (as sets of image bytes)
     ref_images, _ = digits.load_split("test")
     assert sorted(i.tobytes() for i in ref_images) == sorted(i.tobytes() for i in test.images)
-    train_set = {i.tobytes() + bytes([l]) for i, l in zip(train.images, train.labels)}
-    test_set = {i.tobytes() + bytes([l]) for i, l in zip(test.images, test.labels)}
+    train_set = {i.tobytes() + bytes([c]) for i, c in zip(train.images, train.labels, strict=True)}
+    test_set = {i.tobytes() + bytes([c]) for i, c in zip(test.images, test.labels, strict=True)}
     assert not train_set & test_set
 
 

@@ -51,7 +51,8 @@ def test_cnn_batch_norm_updates_statistics_only_in_training():
     x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
     v = model.init(jax.random.key(0), x)
     _, updated = model.apply(v, x, train=True, mutable=["batch_stats"])
-    before, after = v["batch_stats"]["BatchNorm_0"]["mean"], updated["batch_stats"]["BatchNorm_0"]["mean"]
+    before = v["batch_stats"]["BatchNorm_0"]["mean"]
+    after = updated["batch_stats"]["BatchNorm_0"]["mean"]
     assert not jnp.allclose(before, after)
     # eval mode is a pure function of the variables
     assert jnp.array_equal(model.apply(v, x), model.apply(v, x))

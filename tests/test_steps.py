@@ -49,7 +49,8 @@ def test_eight_devices_match_one_device_for_the_same_global_batch(data_dir):
     s8, l8 = _train(parallel.make_mesh(jax.devices()), data_dir, 8)
     np.testing.assert_allclose(l8, l1, rtol=0, atol=1e-5)
     # BatchNorm statistics are averaged over the device axis, so they match too.
-    for a, b in zip(jax.tree.leaves(parallel.to_host(s8)), jax.tree.leaves(parallel.to_host(s1))):
+    leaves8, leaves1 = jax.tree.leaves(parallel.to_host(s8)), jax.tree.leaves(parallel.to_host(s1))
+    for a, b in zip(leaves8, leaves1, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
