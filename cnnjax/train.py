@@ -12,6 +12,7 @@ Workdir layout (written by process 0):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -210,7 +211,17 @@ def run(
     last_eval: dict[str, float] = {}
     window_start, window_step = time.time(), start_step
     loop_start = window_start
-    with PreemptionGuard() as preemption:
+
+    def close() -> None:
+        ckpt.wait()
+        ckpt.close()
+        if best:
+            best.close()
+        if writer:
+            writer.close()
+
+    with PreemptionGuard() as preemption, contextlib.ExitStack() as cleanup:
+        cleanup.callback(close)  # also on an error or a preemption: every save commits
         for step in range(start_step, end):
             batch = parallel.global_batch(loader.batch(step), mesh)
             state, metrics = train_step(state, batch)
@@ -237,21 +248,10 @@ def run(
                     writer.write(record, _progress_line(record, total_steps))
             if preemption.requested():
                 save(done)
-                ckpt.wait()
-                ckpt.close()
-                if best:
-                    best.close()
-                if writer:
-                    writer.close()
-                raise Preempted(done, workdir)
+                raise Preempted(done, workdir)  # once `close` has committed the save
             if done % t.checkpoint_every_steps == 0 or done == end:
                 save(done)
-    ckpt.wait()
-    ckpt.close()
-    if best:
-        best.close()
     if writer:
-        writer.close()
         last_eval = last_eval or writer.last_eval  # a relaunch of a finished run
     if t.plots and start_step < end == total_steps:
         viz.write_plots(os.path.join(workdir, "plots"), config, state_variables(state), data,
