@@ -34,6 +34,13 @@ def _unknown_override(error: Exception) -> str:
     flag = next((a for a in sys.argv[1:] if a.startswith("--config.") and key in a), key)
     hint = re.search(r'Did you mean "([^"]+)"', text)
     suggestion = f"; did you mean {hint.group(1)!r}?" if hint else ""
+    if flag.startswith("--config.model.") and any(
+        a.startswith("--config.model.name=") for a in sys.argv[1:]
+    ):
+        suggestion += (
+            "; the config file's model section has the fields of its own model: for another "
+            "model's fields use a config file of that model (e.g. experiments/default.py:mlp)"
+        )
     return f"unknown config key {key!r} in {flag.split('=')[0]}{suggestion}"
 
 
@@ -98,12 +105,44 @@ def _load_config():
     if not os.path.isfile(path):
         _fail(f"config file {path!r} not found; pass --config=experiments/<name>.py")
     try:
-        return _CONFIG.value
+        config = _CONFIG.value
     except Exception as e:  # the file ran and failed: say which file and why, in one line
         if _VERBOSE.value:
             raise
         cause = e.__cause__ or e.__context__ or e
         _fail(f"config file {config_arg!r} failed to load: {type(cause).__name__}: {cause}")
+    return _switch_model(config, path, config_arg.partition(":")[2])
+
+
+def _switch_model(config, path: str, variant: str):
+    """``--config.model.name=X`` naming another model than the file's brings X's own fields.
+
+    The file's model section holds every field of *its* model (so each can be overridden);
+    kept under another name they would silently rebuild the old model. The model fields also
+    given on the command line are kept.
+    """
+    prefix = "--config.model."
+    given = {a[len(prefix):].split("=", 1)[0] for a in sys.argv[1:] if a.startswith(prefix)}
+    if "name" not in given:
+        return config
+    import importlib.util
+
+    from cnnjax.config import model_config
+
+    spec = importlib.util.spec_from_file_location("_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    original = module.get_config(*([variant] if variant else []))
+    if original.model.name == config.model.name:
+        return config
+    kept = {k: config.model[k] for k in given - {"name"}}
+    try:
+        section = model_config(config.model.name, **kept)
+    except ValueError as e:
+        _fail(f"{e} (with --config.model.name={config.model.name})")
+    with config.unlocked():
+        config.model = section
+    return config
 
 
 def enable_compilation_cache(directory: str) -> None:

@@ -55,3 +55,16 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_workdir(tmp_path, data_dir, 
     assert result.returncode == 2
     assert result.stderr.strip() == message
     assert not workdir.exists()
+
+
+def test_switching_the_model_by_name_brings_that_models_own_fields(tmp_path, data_dir):
+    # default.py's model section holds the cnn's fields; kept under the name "mlp" they would
+    # not even apply (and under "lenet5" they would silently rebuild the default cnn).
+    result = launch("--config.model.name=mlp", "--config.train.num_steps=2",
+                    f"--workdir={tmp_path / 'mlp'}", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training mlp (50,826 params)" in result.stdout
+    lenet = launch("--config.model.name=lenet5", f"--workdir={tmp_path / 'lenet'}",
+                   data_dir=data_dir)
+    assert lenet.returncode == 2
+    assert lenet.stderr.startswith("error: model 'lenet5' cannot take the 8x8x1 images")
