@@ -25,6 +25,43 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def _handlers() -> dict[str, Any]:
+    return {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
+
+
+def _read(manager: ocp.CheckpointManager, step: int) -> tuple[Any, dict[str, Any]]:
+    # Every array lands on this process's first device, whatever devices or processes wrote
+    # it (a template-less restore insists on the saving topology), then on the host.
+    metadata = manager.item_metadata(step).state
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+    )
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()
+        ),
+    )
+    return jax.tree.map(np.asarray, restored.state), restored.progress
+
+
+def read_step(directory: str, step: int) -> tuple[Any, dict[str, Any]]:
+    """``(state, progress)`` of checkpoint ``step`` in ``directory`` as numpy arrays.
+
+    Read-only (a run still training there keeps its in-flight saves) and independent of the
+    devices and processes that wrote it.
+    """
+    manager = ocp.CheckpointManager(
+        os.path.abspath(directory), item_handlers=_handlers(),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    )
+    try:
+        return _read(manager, step)
+    finally:
+        manager.close()
+
+
 class Checkpointer:
     """A thin ``ocp.CheckpointManager`` for ``<workdir>/checkpoints``."""
 
@@ -34,10 +71,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "progress": ocp.JsonCheckpointHandler(),
-            },
+            item_handlers=_handlers(),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=True,
                 # leftovers of a save that was killed half-way are removed at start-up
@@ -108,24 +142,8 @@ class Checkpointer:
         return target
 
     def read(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Restores step ``step`` (default: the newest) as numpy arrays, without a template.
-
-        Works whatever devices or processes wrote it: every array lands on this process's
-        first device, then on the host.
-        """
-        step = self.latest_step() if step is None else step
-        metadata = self._manager.item_metadata(step).state
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
-        )
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()
-            ),
-        )
-        return jax.tree.map(np.asarray, restored.state), restored.progress
+        """Restores step ``step`` (default: the newest) as numpy arrays; see ``read_step``."""
+        return _read(self._manager, self.latest_step() if step is None else step)
 
     def wait(self) -> None:
         """Blocks until every started save is committed to disk."""

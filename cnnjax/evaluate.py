@@ -28,12 +28,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from cnnjax import checkpoint, models, parallel, steps
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
-from cnnjax import models, parallel, steps
 from cnnjax.checkpoint import Checkpointer
 
 BEST_DIR = "best_checkpoint"
@@ -133,13 +132,7 @@ def load_run(workdir: str, which: str = "latest") -> Run:
     """Restores checkpoint ``which`` of ``workdir`` with the config it was trained with."""
     workdir = os.path.abspath(workdir)
     directory, step = resolve_checkpoint(workdir, which)
-    # Read-only: a run still training in this workdir keeps its in-flight saves.
-    manager = ocp.CheckpointManager(directory, item_names=("state", "progress"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()))
-    manager.close()
-    state, progress = restored.state, restored.progress
+    state, progress = checkpoint.read_step(directory, step)
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]

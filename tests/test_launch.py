@@ -68,3 +68,20 @@ def test_switching_the_model_by_name_brings_that_models_own_fields(tmp_path, dat
                    data_dir=data_dir)
     assert lenet.returncode == 2
     assert lenet.stderr.startswith("error: model 'lenet5' cannot take the 8x8x1 images")
+
+
+def test_eval_mode_reads_a_checkpoint_written_on_another_device_count(tmp_path, data_dir):
+    from cnnjax import train
+    from tests.helpers import tiny_config
+
+    workdir = str(tmp_path / "eight")
+    train.run(tiny_config(data_dir), workdir)  # 8 devices in this process
+    result = launch("--mode=eval", f"--workdir={workdir}", data_dir=data_dir,
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(workdir, "eval.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert report["num_examples"] == 450
+    assert report["eval_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
