@@ -145,19 +145,6 @@ def _switch_model(config, path: str, variant: str):
     return config
 
 
-def enable_compilation_cache(directory: str) -> None:
-    """Stores compiled programs in ``directory`` and loads them instead of compiling again."""
-    if not directory:
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-    # JAX caches only programs that took over a second to compile by default; the training
-    # steps of small models compile faster than that on CPU, and loading beats compiling.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
 def _sweep_points(config):
     """The sweep's points (``--sweep`` or the config file's ``get_sweep()``), or None."""
     from cnnjax import sweep
@@ -213,7 +200,7 @@ def main(argv: list[str]) -> int:
         )
     except ValueError as e:
         _fail(str(e))
-    enable_compilation_cache(_CACHE_DIR.value)
+    parallel.enable_compilation_cache(_CACHE_DIR.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     try:
         if _MODE.value != "train":

@@ -21,6 +21,11 @@ count). Peak memory is ``device.memory_stats()["peak_bytes_in_use"]`` where the 
 (GPU/TPU), else the process's peak resident set (VmHWM) during the phase. The in-memory loader
 (``InMemoryLoader.batch`` + ``parallel.global_batch``) is timed at the same batch and image size.
 
+``--compilation_cache_dir`` times a cached relaunch: run the command twice and read
+"first step ... after the process started" (imports, initialisation, loading the compiled step
+and one step). ``--profile_dir`` traces a few steps with ``jax.profiler`` and prints where the
+device time goes (:mod:`cnnjax.profiling`); the trace opens in Perfetto or TensorBoard.
+
 ``--dtype=auto`` computes in bfloat16 on GPU/TPU (parameters stay float32) and in float32 on
 CPU; torch then uses bf16 autocast and channels_last on GPU. ``--xla_flags`` appends to
 ``XLA_FLAGS`` before JAX starts; ``--ab_xla_cpu_defaults`` also times the step compiled with
@@ -98,6 +103,18 @@ def _device_peak(device) -> tuple[int, str]:
     if stats and "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"]), "device.memory_stats peak_bytes_in_use"
     return peak_rss_bytes(), "process peak RSS (VmHWM)"
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process started (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:  # field 22, after the parenthesised command name
+            start_ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def resolve_dtype(dtype: str, platform_name: str) -> str:
@@ -183,7 +200,9 @@ def prepare_jax(model_name: str, model_kwargs: dict[str, Any], batch_size: int,
         jax.block_until_ready(live)
         return times if sync else [(time.perf_counter() - start) / max(n, 1)]
 
-    step(max(warmup, 1))
+    first_step_s = step(1)[0]
+    since_start = seconds_since_process_start()
+    step(max(warmup - 1, 0))
     peak, source = _device_peak(jax.local_devices()[0])
     if not rss_reset and "device" not in source:
         source = "process peak RSS since start (could not reset)"
@@ -193,6 +212,8 @@ def prepare_jax(model_name: str, model_kwargs: dict[str, Any], batch_size: int,
         "compiler_options": {**(parallel.compiler_options(mesh) or {}), **(compiler_options or {})},
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
+        "first_step_s": first_step_s,
+        "process_start_to_first_step_s": since_start,
         "flops_per_step": None if flops_per_device is None else flops_per_device * mesh.size,
         "compiled_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
         "compiled_argument_bytes": getattr(memory, "argument_size_in_bytes", None),
@@ -243,7 +264,8 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
               baseline_options: dict[str, Any] | None = None,
               peak_tflops: float | None = None, torch: bool = False,
               torch_compile: bool = True, torch_threads: tuple[int, ...] = (),
-              loader: bool = True, json_path: str | None = None) -> dict[str, Any]:
+              loader: bool = True, profile_dir: str | None = None, profile_steps: int = 3,
+              json_path: str | None = None) -> dict[str, Any]:
     """Measures one model's training step; returns (and optionally writes) a JSON-able dict.
 
     Every runner is compiled and warmed up first; then ``rounds`` rounds of ``steps`` timed
@@ -252,7 +274,8 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
     ``loader``; with ``baseline_options``, ``jax_baseline`` (the same step compiled with those
     XLA options instead, and ``speedup`` = its step time over cnnjax's); with ``torch``,
     ``torch`` (one entry per mode, a result or ``"n/a (reason)"``) and ``ratios`` (cnnjax
-    images/s over torch's, from median and from best step times).
+    images/s over torch's, from median and from best step times); with ``profile_dir``,
+    ``profile`` (:func:`cnnjax.profiling.summarize` of ``profile_steps`` traced steps).
     """
     import jax
 
@@ -294,6 +317,11 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
         j["achieved_tflops"] = j["flops_per_step"] / j["step"]["median_s"] / 1e12
         j["mfu"] = j["achieved_tflops"] / peak_tflops if peak_tflops else None
     result["jax"] = j
+    if profile_dir:
+        from cnnjax import profiling
+
+        result["profile"] = profiling.trace_steps(
+            lambda n: jax_step(n, sync=False), profile_steps, profile_dir)
     if baseline_options is not None:
         base["step"] = timing(times.pop("jax_baseline"))
         base["images_per_s"] = batch_size / base["step"]["median_s"]
@@ -333,7 +361,11 @@ def table(result: dict[str, Any]) -> str:
          else "(none)"),
         ("timing", f"{c['rounds']} round(s) x {c['steps']} steps after {c['warmup']} warm-up, "
                    "frameworks alternating"),
-        ("lower / compile", f"{j['lower_s']:.2f} s / {j['compile_s']:.2f} s"),
+        ("lower / compile", f"{j['lower_s']:.2f} s / {j['compile_s']:.2f} s; first step "
+                            f"{j['first_step_s']:.2f} s, "
+                            + (f"{j['process_start_to_first_step_s']:.1f} s after the process "
+                               "started" if j["process_start_to_first_step_s"] is not None
+                               else "process start unknown")),
         ("cnnjax images/s", f"{j['images_per_s']:,.0f} (step {_ms(j['step']['median_s'])} "
                             f"median, {_ms(j['step']['best_s'])} best); "
                             f"{j['pipelined_images_per_s']:,.0f} pipelined"),
@@ -369,7 +401,12 @@ def table(result: dict[str, Any]) -> str:
         rows.append((name, "n/a" if ratio is None else
                      f"{ratio['median']:.2f}x (median steps), {ratio['best']:.2f}x (best)"))
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    if "profile" in result:
+        from cnnjax import profiling
+
+        text += "\n" + profiling.table(result["profile"])
+    return text
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -394,10 +431,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--ab_xla_cpu_defaults", action="store_true",
                    help="also time the step compiled with XLA:CPU's defaults, interleaved")
     p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX starts")
+    p.add_argument("--compilation_cache_dir", default="",
+                   help="persistent compilation cache (a second run loads the step from it)")
+    p.add_argument("--profile_dir", default="",
+                   help="trace --profile_steps steps with jax.profiler here and summarise")
+    p.add_argument("--profile_steps", type=int, default=3)
     p.add_argument("--json", default=None, help="write the result here")
     a = p.parse_args(argv)
     if a.xla_flags:  # XLA parses the variable once, when the backend starts
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {a.xla_flags}".strip()
+    if a.torch and not {"XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
+                        "XLA_PYTHON_CLIENT_ALLOCATOR"} & set(os.environ):
+        # JAX takes 75% of a GPU's memory up front; the PyTorch twin runs in this process too.
+        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = "0.45"
+    if a.compilation_cache_dir:
+        from cnnjax import parallel
+
+        parallel.enable_compilation_cache(a.compilation_cache_dir)
     result = benchmark(
         a.model, batch_size=a.batch_size, image_size=a.image_size, channels=a.channels,
         num_classes=a.num_classes, dtype=a.dtype, steps=a.steps, warmup=a.warmup,
@@ -407,7 +457,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         peak_tflops=a.peak_tflops,
         torch=a.torch, torch_compile=not a.no_torch_compile,
         torch_threads=tuple(int(t) for t in a.torch_threads.split(",") if t),
-        loader=not a.no_loader, json_path=a.json,
+        loader=not a.no_loader, profile_dir=a.profile_dir or None,
+        profile_steps=a.profile_steps, json_path=a.json,
     )
     print(table(result))
     return result

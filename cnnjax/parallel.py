@@ -75,6 +75,17 @@ def _compiles_with(device: jax.Device, options: tuple[tuple[str, Any], ...]) -> 
         return False
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Stores compiled programs in ``directory`` and loads them instead of compiling again."""
+    if not directory:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    # JAX caches only programs that took over a second to compile by default; the training
+    # steps of small models compile faster than that on CPU, and loading beats compiling.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's slice of a batch into global arrays sharded over ``AXIS``."""
     sharding = sharded(mesh)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# ResNet-50 training-step benchmark on one GPU: bfloat16, batch 256 at 224x224, SGD + momentum +
+# weight decay, synthetic data. Prints and writes (under $OUT, default /tmp/cnnjax_gpu_benchmark):
+#   resnet50.json         cold compile, in-memory loader vs model, a jax.profiler summary of 3 steps
+#   resnet50_trace.json.gz  that trace (Perfetto / chrome://tracing)
+#   resnet50_cached.json  a second launch that loads the step from the compilation cache
+#   resnet50_vs_torch.json  cnnjax vs torchvision eager and torch.compile, one process, alternating
+#   variants.jsonl        the same step under other XLA flags and batch sizes
+#   log.txt               everything printed
+# Usage: bash experiments/gpu_benchmark.sh [python]   (BENCH_VARIANTS=0 skips the variants)
+# On an NVIDIA H100 the issue's reference points are: Flax ImageNet example 5,815 images/s,
+# torchvision eager 3,972, torch.compile 5,670; the README lists what this script printed.
+set -u
+PY=${1:-python3}
+OUT=${OUT:-/tmp/cnnjax_gpu_benchmark}
+mkdir -p "$OUT"
+CACHE=$(mktemp -d)
+PROF=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+# BENCH_ARGS / BENCH_BATCH change the model and batch (e.g. a small CNN to try the script on CPU).
+read -ra ARGS <<< "${BENCH_ARGS:---model=resnet50 --image_size=224 --num_classes=1000 --dtype=bfloat16}"
+B=${BENCH_BATCH:-256}
+exec > >(tee -a "$OUT/log.txt") 2>&1
+
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit,driver_version \
+  --format=csv 2>/dev/null || echo "nvidia-smi: not available"
+"$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
+'optax', optax.__version__, jax.devices())"
+"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \
+torchvision.__version__)" || true
+
+echo "== 1. cold compile (empty compilation cache), in-memory loader, profile of 3 steps"
+timeout 240 "$PY" -m cnnjax.benchmark "${ARGS[@]}" --batch_size=$B --rounds=3 --steps=20 \
+  --compilation_cache_dir="$CACHE" --profile_dir="$PROF" --json="$OUT/resnet50.json"
+find "$PROF" -name perfetto_trace.json.gz -exec cp {} "$OUT/resnet50_trace.json.gz" \;
+
+echo "== 2. second launch, step loaded from the compilation cache"
+timeout 120 "$PY" -m cnnjax.benchmark "${ARGS[@]}" --batch_size=$B --steps=10 --no_loader \
+  --compilation_cache_dir="$CACHE" --json="$OUT/resnet50_cached.json"
+
+echo "== 3. same process, alternating rounds: cnnjax vs torchvision eager and torch.compile"
+timeout 300 "$PY" -m cnnjax.benchmark "${ARGS[@]}" --batch_size=$B --torch --rounds=3 \
+  --steps=20 --no_loader --compilation_cache_dir="$CACHE" --json="$OUT/resnet50_vs_torch.json"
+
+[ "${BENCH_VARIANTS:-1}" = 0 ] && exit 0
+echo "== 4. variants (no torch, default XLA flags unless named)"
+variant() {  # name, timeout, then benchmark flags
+  local name=$1 limit=$2; shift 2
+  echo "-- $name"
+  timeout "$limit" "$PY" -m cnnjax.benchmark "${ARGS[@]}" --steps=20 --rounds=2 --no_loader \
+    --json="$OUT/v.json" "$@" && "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); \
+j=r['jax']; print(json.dumps({'variant': sys.argv[2], 'images_per_s': j['images_per_s'], \
+'pipelined_images_per_s': j['pipelined_images_per_s'], 'compile_s': j['compile_s'], \
+'mfu': j.get('mfu'), 'peak_memory_bytes': j['peak_memory_bytes']}))" \
+    "$OUT/v.json" "$name" >> "$OUT/variants.jsonl"
+  rm -f "$OUT/v.json"
+}
+variant "no CUDA graphs" 100 --batch_size=$B --xla_flags=--xla_gpu_enable_command_buffer=
+variant "batch $((2 * B))" 150 --batch_size=$((2 * B))
+variant "no autotuning" 100 --batch_size=$B --xla_flags=--xla_gpu_autotune_level=0
+cat "$OUT/variants.jsonl"
