@@ -18,6 +18,8 @@ from cnnjax import models
 from cnnjax.benchmark import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, timing
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# cnnjax ResNet fields that change how, not what, the network computes.
+PERFORMANCE_ONLY_FIELDS = {"space_to_depth_stem", "fused_max_pool"}
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -129,7 +131,7 @@ def reference_model(name: str, model_kwargs: dict[str, Any], num_classes: int, c
     cls = models.get_constructor(name)
     while hasattr(cls, "func"):
         cls = cls.func
-    if name in TORCHVISION_RESNETS and not model_kwargs:
+    if name in TORCHVISION_RESNETS and not set(model_kwargs) - PERFORMANCE_ONLY_FIELDS:
         import torchvision
 
         module = getattr(torchvision.models, name)(num_classes=num_classes)

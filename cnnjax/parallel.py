@@ -86,6 +86,14 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+def host_cpu() -> jax.Device | None:
+    """This process's first CPU device, or None where JAX runs without its CPU backend."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # e.g. JAX_PLATFORMS=cuda
+        return None
+
+
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's slice of a batch into global arrays sharded over ``AXIS``."""
     sharding = sharded(mesh)

@@ -24,7 +24,7 @@ from typing import Any
 KINDS = (
     ("collective", r"nccl|all-reduce|all_reduce|allreduce|all-gather|reduce-scatter|collective"),
     ("convolution", r"conv|xmma|implicit_gemm|fprop|dgrad|wgrad|cudnn|winograd|fft"),
-    ("matmul", r"gemm|cublas|cutlass|dot|matmul|triton_gemm"),
+    ("matmul", r"gemm|cublas|nvjet|dot|matmul|triton_gemm"),
     ("copy/transpose", r"copy|memcpy|memset|transpose|bitcast"),
     ("reduction", r"reduce|reduction"),
     ("select-and-scatter", r"select.and.scatter|scatter"),

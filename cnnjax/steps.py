@@ -57,8 +57,15 @@ def init_state(
     seed: int,
     image_shape: Sequence[int],
     mesh: Mesh,
+    on_host: bool | None = None,
 ) -> TrainState:
-    """Initialises parameters and optimizer state, replicated over ``mesh``, under jit."""
+    """Initialises parameters and optimizer state, replicated over ``mesh``, under jit.
+
+    ``on_host`` (default: when ``mesh`` is not made of CPUs) runs the initialisation on this
+    process's CPU and copies the result to the devices. Random initialisation is hundreds of
+    small threefry kernels: a cold ResNet-50 init took 28 s to compile for an H200 against
+    about 5 s on a host CPU, and the same seed then gives the same parameters on every backend.
+    """
 
     def init(key):
         init_key, state_key = jax.random.split(key)
@@ -72,7 +79,17 @@ def init_state(
             rng=state_key,
         )
 
-    return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
+    replicated = parallel.replicated(mesh)
+    host = parallel.host_cpu() if on_host or (
+        on_host is None and mesh.devices.flat[0].platform != "cpu") else None
+    if host is None:
+        return jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(seed))
+    key = jax.device_put(jax.random.PRNGKey(seed), host)
+    state = jax.device_get(jax.jit(init)(key))
+    # Every process computed the same values; each hands its devices their (full) copies.
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(x.shape, replicated, lambda index: x[index]),
+        state)
 
 
 def _cross_entropy(logits, labels, num_classes: int, label_smoothing: float):

@@ -55,7 +55,9 @@ j=r['jax']; print(json.dumps({'variant': sys.argv[2], 'images_per_s': j['images_
     "$OUT/v.json" "$name" >> "$OUT/variants.jsonl"
   rm -f "$OUT/v.json"
 }
+variant "plain stem and nn.max_pool" 120 --batch_size=$B \
+  --model_kwargs='{"space_to_depth_stem": false, "fused_max_pool": false}'
 variant "no CUDA graphs" 100 --batch_size=$B --xla_flags=--xla_gpu_enable_command_buffer=
 variant "batch $((2 * B))" 150 --batch_size=$((2 * B))
-variant "no autotuning" 100 --batch_size=$B --xla_flags=--xla_gpu_autotune_level=0
+variant "no autotuning" 150 --batch_size=$B --xla_flags=--xla_gpu_autotune_level=0
 cat "$OUT/variants.jsonl"

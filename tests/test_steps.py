@@ -74,3 +74,19 @@ def test_eval_step_counts_every_example_once_and_masks_padding(data_dir):
     loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, split.labels).sum())
     assert totals["correct"] == correct
     assert totals["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_init_on_the_host_gives_the_same_replicated_state():
+    # What accelerators do (init on this process's CPU, then copy), checked on 8 CPU devices.
+    mesh = parallel.make_mesh(jax.devices()[:8])
+    model = models.get_model("resnet18", num_classes=5, axis_name=parallel.AXIS)
+    tx = optax.sgd(0.1, momentum=0.9)
+    on_devices = steps.init_state(model, tx, 3, (16, 16, 3), mesh, on_host=False)
+    on_host = steps.init_state(model, tx, 3, (16, 16, 3), mesh, on_host=True)
+    assert jax.tree.structure(on_host) == jax.tree.structure(on_devices)
+    for a, b in zip(jax.tree.leaves(on_host), jax.tree.leaves(on_devices), strict=True):
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+        assert len(a.addressable_shards) == 8
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        for shard in a.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(b))

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models import register
+from cnnjax.models import layers, register
 
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", nonlinearity="relu")
 # (an untruncated normal) and Linear layers with U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -130,6 +130,11 @@ class ResNet(nn.Module):
         residual branch begins as the identity (Goyal et al. 2017; torchvision's flag).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
+      space_to_depth_stem: compute the 7x7/2 stem on 2x2 pixel blocks
+        (:class:`~cnnjax.models.layers.SpaceToDepthStem`: same parameters and function).
+      fused_max_pool: the 3x3/2 max-pool as fused strided slices (:func:`layers.max_pool`: the
+        same values and gradients as ``nn.max_pool``). Both are performance switches only:
+        outputs agree to float rounding and checkpoints are interchangeable.
     """
 
     num_classes: int = 1000
@@ -138,22 +143,29 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    space_to_depth_stem: bool = True
+    fused_max_pool: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         block_cls = BLOCKS[self.block] if isinstance(self.block, str) else self.block
         x = jnp.asarray(x, self.dtype)
-        x = nn.Conv(
-            64, (7, 7), strides=(2, 2), padding=pad(3), use_bias=False, kernel_init=conv_init,
-            dtype=self.dtype, param_dtype=jnp.float32, name="conv1",
-        )(x)
+        if self.space_to_depth_stem:
+            x = layers.SpaceToDepthStem(64, kernel_init=conv_init, dtype=self.dtype,
+                                        name="conv1")(x)
+        else:
+            x = nn.Conv(
+                64, (7, 7), strides=(2, 2), padding=pad(3), use_bias=False,
+                kernel_init=conv_init, dtype=self.dtype, param_dtype=jnp.float32, name="conv1",
+            )(x)
         x = nn.BatchNorm(
             use_running_average=not train, momentum=0.9, epsilon=1e-5,
             axis_name=self.axis_name if train else None,
             dtype=self.dtype, param_dtype=jnp.float32, name="bn1",
         )(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(1))
+        pool = layers.max_pool if self.fused_max_pool else nn.max_pool
+        x = pool(x, (3, 3), strides=(2, 2), padding=pad(1))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = block_cls(

@@ -1,0 +1,103 @@
+"""cnnjax.models.layers against the layers they replace: nn.max_pool and a 7x7/2 nn.Conv."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import models
+from cnnjax.models import layers
+
+
+@pytest.mark.parametrize("shape, window, strides, padding", [
+    ((2, 9, 11, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's pool, odd sides
+    ((2, 8, 8, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((1, 7, 7, 2), (2, 2), (2, 2), ((0, 0), (0, 0))),  # non-overlapping, VALID remainder
+    ((1, 10, 9, 2), (3, 2), (1, 2), ((2, 0), (1, 1))),  # asymmetric everything
+])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_values_and_gradients_equal_nn_max_pool(shape, window, strides, padding, ties):
+    key_x, key_g, key_t = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(key_x, shape)
+    if ties:  # ReLU zeros and repeated values: the first maximum must get the gradient
+        x = jnp.maximum(jnp.round(2 * x), 0.0)
+
+    def reference(v):
+        return nn.max_pool(v, window, strides=strides, padding=padding)
+
+    def pool(v):
+        return layers.max_pool(v, window, strides, padding)
+
+    expected = reference(x)
+    np.testing.assert_array_equal(jax.jit(pool)(x), expected)
+    g = jax.random.normal(key_g, expected.shape)
+    np.testing.assert_array_equal(jax.jit(jax.grad(lambda v: jnp.sum(pool(v) * g)))(x),
+                                  jax.grad(lambda v: jnp.sum(reference(v) * g))(x))
+    t = jax.random.normal(key_t, shape)
+    tangent = jax.jvp(pool, (x,), (t,))[1]
+    if not ties:  # lax's own forward rule breaks ties differently from its gradient
+        np.testing.assert_array_equal(tangent, jax.jvp(reference, (x,), (t,))[1])
+    # forward and reverse mode are one linear map: <g, J t> == <J^T g, t>
+    grad = jax.grad(lambda v: jnp.sum(pool(v) * g))(x)
+    np.testing.assert_allclose(jnp.sum(g * tangent), jnp.sum(grad * t), rtol=1e-5)
+
+
+def test_max_pool_gradient_has_no_scatter_and_keeps_bfloat16():
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 8), jnp.bfloat16)
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(
+        layers.max_pool(v, (3, 3), (2, 2), ((1, 1), (1, 1))).astype(jnp.float32))))
+    assert grad(x).dtype == jnp.bfloat16
+    hlo = grad.lower(x).as_text()
+    assert "scatter" not in hlo
+
+
+def test_space_to_depth_round_trip_order():
+    x = jnp.arange(2 * 4 * 6 * 3).reshape(2, 4, 6, 3)
+    y = layers.space_to_depth(x)
+    assert y.shape == (2, 2, 3, 12)
+    # channel (dy * 2 + dx) * 3 + c of block (i, j) is pixel (2i + dy, 2j + dx), channel c
+    np.testing.assert_array_equal(y[1, 1, 2, (1 * 2 + 0) * 3 + 2], x[1, 3, 4, 2])
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 34), (31, 32)])  # odd: plain convolution
+def test_space_to_depth_stem_equals_the_strided_7x7_convolution(size):
+    x = jax.random.normal(jax.random.key(2), (2, *size, 3))
+    stem = layers.SpaceToDepthStem(16)
+    conv = nn.Conv(16, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False)
+    variables = stem.init(jax.random.key(3), x)
+    # the same parameter, initialised identically under the same RNG path
+    np.testing.assert_array_equal(variables["params"]["kernel"],
+                                  conv.init(jax.random.key(3), x)["params"]["kernel"])
+    out, ref = stem.apply(variables, x), conv.apply(variables, x)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+    def grad(module):
+        return jax.grad(lambda v: jnp.sum(module.apply(v, x) ** 2))(variables)["params"]["kernel"]
+
+    np.testing.assert_allclose(grad(stem), grad(conv), rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_fast_layers_change_nothing_but_speed():
+    x = jax.random.normal(jax.random.key(4), (2, 64, 64, 3))
+    fast = models.get_model("resnet18", num_classes=7)
+    plain = models.get_model("resnet18", num_classes=7, space_to_depth_stem=False,
+                             fused_max_pool=False)
+    variables = fast.init(jax.random.key(5), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(plain.init(jax.random.key(5), x))
+
+    def loss(model, params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                mutable=["batch_stats"])
+        return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
+
+    (_, logits), grads = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(
+        variables["params"])
+    (_, logits_ref), grads_ref = jax.value_and_grad(lambda p: loss(plain, p), has_aux=True)(
+        variables["params"])
+    np.testing.assert_allclose(logits, logits_ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
