@@ -356,6 +356,13 @@ def _load() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
+def _since_start(j: dict[str, Any]) -> str:
+    if j["process_start_to_first_step_s"] is None:
+        return "process start unknown"
+    return (f"{j['process_start_to_first_step_s']:.1f} s after the process started "
+            f"({j['process_start_to_init_s']:.1f} s before init)")
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
@@ -376,11 +383,7 @@ def table(result: dict[str, Any]) -> str:
                    "frameworks alternating"),
         ("init / lower / compile", f"{j['init_s']:.2f} s / {j['lower_s']:.2f} s / "
                                    f"{j['compile_s']:.2f} s; first step "
-                            f"{j['first_step_s']:.2f} s, "
-                            + (f"{j['process_start_to_first_step_s']:.1f} s after the process "
-                               f"started ({j['process_start_to_init_s']:.1f} s before init)"
-                               if j["process_start_to_first_step_s"] is not None
-                               else "process start unknown")),
+                                   f"{j['first_step_s']:.2f} s, {_since_start(j)}"),
         ("cnnjax images/s", f"{j['images_per_s']:,.0f} (step {_ms(j['step']['median_s'])} "
                             f"median, {_ms(j['step']['best_s'])} best); "
                             f"{j['pipelined_images_per_s']:,.0f} pipelined"),

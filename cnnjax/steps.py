@@ -80,12 +80,13 @@ def init_state(
         )
 
     replicated = parallel.replicated(mesh)
-    host = parallel.host_cpu() if on_host or (
-        on_host is None and mesh.devices.flat[0].platform != "cpu") else None
+    if on_host is None:
+        on_host = mesh.devices.flat[0].platform != "cpu"
+    host = parallel.host_cpu() if on_host else None
     if host is None:
         return jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(seed))
-    key = jax.device_put(jax.random.PRNGKey(seed), host)
-    state = jax.device_get(jax.jit(init)(key))
+    with jax.default_device(host):  # nothing of the initialisation touches the accelerator
+        state = jax.device_get(jax.jit(init)(jax.random.PRNGKey(seed)))
     # Every process computed the same values; each hands its devices their (full) copies.
     return jax.tree.map(
         lambda x: jax.make_array_from_callback(x.shape, replicated, lambda index: x[index]),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from cnnjax import ops as scratch_ops
-from cnnjax.models import register
+from cnnjax.models import layers, register
 
 
 def _padding(padding: str | int | Sequence):
@@ -28,44 +28,12 @@ def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
     """``nn.max_pool(x, window, strides=window)``: the same values and the same gradients.
 
     ``x: [batch, height, width, channels]`` -> ``[batch, height // kh, width // kw, channels]``.
-    Non-overlapping windows are a reshape, and the gradient goes to the first maximum of each
-    window (row-major), as select-and-scatter sends it, but with elementwise ops only: XLA:CPU
-    expands select-and-scatter into full-size index arrays and a scatter, which took a third
-    of the digits CNN's training step (``python -m cnnjax.benchmark``).
+    :func:`cnnjax.models.layers.max_pool`: the gradient goes to the first maximum of each window
+    (row-major), as select-and-scatter sends it, but with element-wise ops only: XLA:CPU expands
+    select-and-scatter into full-size index arrays and a scatter, which took a third of the
+    digits CNN's training step (``python -m cnnjax.benchmark``).
     """
-    return _window_max(x, tuple(window))
-
-
-def _windows(x: jax.Array, window: tuple[int, int]) -> jax.Array:
-    """``[n, h, w, c]`` -> ``[n, h // kh, kh, w // kw, kw, c]`` (VALID: the rest is dropped)."""
-    (kh, kw), (n, h, w, c) = window, x.shape
-    x = x[:, : h // kh * kh, : w // kw * kw]
-    return x.reshape(n, h // kh, kh, w // kw, kw, c)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _window_max(x, window):
-    return _windows(x, window).max(axis=(2, 4))
-
-
-@_window_max.defjvp
-def _window_max_jvp(window, primals, tangents):
-    # The tangent of each window's first maximum; JAX transposes this (linear) rule into the
-    # gradient, a select and a reshape, with no scatter.
-    (x,), (t,) = primals, tangents
-    windows = _windows(x, window)
-    y = windows.max(axis=(2, 4))
-    taken = jnp.zeros(y.shape, bool)
-    rows = []
-    for i in range(window[0]):
-        cols = []
-        for j in range(window[1]):
-            hit = (windows[:, :, i, :, j] == y) & ~taken
-            taken = taken | hit
-            cols.append(hit)
-        rows.append(jnp.stack(cols, axis=3))
-    first = jnp.stack(rows, axis=2)  # [n, oh, kh, ow, kw, c]
-    return y, jnp.where(first, _windows(t, window), 0).sum(axis=(2, 4))
+    return layers.max_pool(x, window)
 
 
 class ScratchConv(nn.Module):

@@ -49,13 +49,17 @@ def _pad(x, padding, value):
                    ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
-def _slice_max(x, window, strides, padding):
+def _views_and_max(x, window, strides, padding):
     views = _slices(_pad(x, padding, -jnp.inf), window, strides)
     out = views[0]
     for v in views[1:]:
         out = jnp.maximum(out, v)
-    return out
+    return views, out
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _slice_max(x, window, strides, padding):
+    return _views_and_max(x, window, strides, padding)[1]
 
 
 @_slice_max.defjvp
@@ -63,10 +67,7 @@ def _slice_max_jvp(window, strides, padding, primals, tangents):
     # The tangent of each window's first maximum: linear in t, so JAX transposes it into a sum
     # of masked, interior-padded output gradients (element-wise, fusible; no scatter).
     (x,), (t,) = primals, tangents
-    views = _slices(_pad(x, padding, -jnp.inf), window, strides)
-    y = views[0]
-    for v in views[1:]:
-        y = jnp.maximum(y, v)
+    views, y = _views_and_max(x, window, strides, padding)
     t_views = _slices(_pad(t, padding, 0), window, strides)
     taken = jnp.zeros(y.shape, bool)
     out = jnp.zeros(y.shape, t.dtype)
