@@ -1,4 +1,4 @@
-"""cnnjax.models.cnn.max_pool (reshape + first-maximum rule) against nn.max_pool."""
+"""cnnjax.models.cnn.max_pool (strided slices + first-maximum rule) against nn.max_pool."""
 
 from __future__ import annotations
 
