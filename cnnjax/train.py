@@ -21,10 +21,10 @@ from typing import Any
 import jax
 import ml_collections
 
+from cnnjax import aot, models, optim, parallel, steps, transfer, viz
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
-from cnnjax import models, optim, parallel, steps, transfer, viz
 from cnnjax.checkpoint import Checkpointer
 from cnnjax.evaluate import BestCheckpoint
 from cnnjax.preemption import PreemptionGuard
@@ -151,7 +151,11 @@ def run(
         write_config(config, workdir)
     schedule = optim.make_schedule(config.optimizer, spe, total_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
-    state = steps.init_state(model, tx, config.seed, info.image_shape, mesh)
+    # What, with the source and the environment, determines the compiled programs: a
+    # relaunch loads them instead of tracing them (cnnjax.aot; with the compilation cache).
+    program = {"config": config_lib.to_dict(config), "dataset": repr(info),
+               "augment": data.augment, "steps_per_epoch": spe, "total_steps": total_steps}
+    state = steps.init_state(model, tx, config.seed, info.image_shape, mesh, description=program)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
@@ -180,13 +184,14 @@ def run(
                                     info.image_shape)
 
     stats = {"mean": info.mean, "std": info.std}
-    train_step = steps.make_train_step(
+    train_step = aot.Persistent(steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
         label_smoothing=t.label_smoothing, skip_nonfinite=t.nan_policy == "skip",
         frozen_batch_stats=config.optimizer.freeze_backbone,
         **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
-    )
-    eval_step = steps.make_eval_step(mesh, model=model, **stats)
+    ), {"program": "train_step", **program}, mesh.devices.flat)
+    eval_step = aot.Persistent(steps.make_eval_step(mesh, model=model, **stats),
+                               {"program": "eval_step", **program}, mesh.devices.flat)
     _log(
         f"training {config.model.name} ({num_params:,} params) on {info.name} "
         f"({data.num_train} train / {data.num_eval} test) for {total_steps} steps "

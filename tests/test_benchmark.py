@@ -123,8 +123,9 @@ def test_gpu_benchmark_script_runs_and_the_relaunch_loads_the_compiled_step(tmp_
                               for s in ("", "_cached", "_vs_torch"))
     assert cold["jax"]["images_per_s"] > 0 and cold["loader"]["images_per_s"] > 0
     assert "profile" in cold  # XLA:CPU traces hold no device kernels: reported, not raised
-    # the relaunch loads the step instead of compiling it
-    assert cached["jax"]["compile_s"] < cold["jax"]["compile_s"] / 3
+    # the relaunch loads the stored step instead of tracing and compiling it
+    assert cold["jax"]["executable"] == "compiled" and cold["jax"]["compile_s"] > 0
+    assert cached["jax"]["executable"] == "loaded" and cached["jax"]["compile_s"] == 0
     assert 0 < cached["jax"]["process_start_to_first_step_s"] < 120
     assert vs_torch["ratios"]["cnnjax / torch eager"]["median"] > 0
     assert "== 3." in (tmp_path / "log.txt").read_text()

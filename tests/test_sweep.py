@@ -4,9 +4,7 @@ import csv
 import os
 import textwrap
 
-import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from cnnjax import sweep, train
 from cnnjax.config import ConfigError, model_config
@@ -79,22 +77,6 @@ def test_get_sweep_in_the_config_file(tmp_path):
     assert sweep.from_config_file(str(path)) == [{"seed": 3}, {"seed": 4}]
     path.write_text("def get_config():\n    pass\n")
     assert sweep.from_config_file(str(path)) is None
-
-
-@pytest.fixture
-def persistent_cache(tmp_path):
-    """JAX's compilation cache, as launch.py enables it: points after the first load their
-    programs (they differ only in seed) instead of compiling them."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {name: getattr(jax.config, name) for name in names}
-    for name, value in zip(names, (str(tmp_path / "jax_cache"), 0.0, -1), strict=True):
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-    yield tmp_path / "jax_cache"
-    for name, value in before.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
 
 
 def test_a_sweep_resumes_skips_finished_points_and_tabulates(data_dir, tmp_path,
