@@ -147,7 +147,8 @@ class Persistent:
         entry (e.g. FLOPs from the lowered program); ``record["meta"]`` after the first call.
       persist: False, or no :func:`directory`, makes this plain ``jitted``.
 
-    Calls run the compiled executable (with persistence off, ``jitted`` itself); ``record``
+    Calls run the compiled executable (with persistence off, ``jitted`` itself), which, unlike
+    ``jitted``, does not move its arguments: pass them placed as it expects. ``record``
     tells how it was obtained ("loaded", "compiled" or "compiled, not stored") and how long
     each phase took.
     """
@@ -221,10 +222,9 @@ class Persistent:
             entry = pickle.load(f)
         if entry.get("format") != FORMAT:
             raise ValueError(f"format {entry.get('format')}, expected {FORMAT}")
-        backend = self.devices[0].client
         compiled = serialize_executable.deserialize_and_load(
-            entry["payload"], entry["in_tree"], entry["out_tree"], backend=backend,
-            execution_devices=backend.devices())
+            entry["payload"], entry["in_tree"], entry["out_tree"],
+            backend=self.devices[0].client, execution_devices=self.devices)
         return compiled, entry["meta"]
 
     def _store(self, path: str, compiled, meta: dict[str, Any]) -> bool:

@@ -25,8 +25,9 @@ image size.
 
 ``--compilation_cache_dir`` times a cached relaunch: run the command twice and read
 "first step ... after the process started" (imports, initialisation, loading the stored step
-without tracing it (:mod:`cnnjax.aot`), and one step). ``--profile_dir`` traces a few steps with ``jax.profiler`` and prints where the
-device time goes (:mod:`cnnjax.profiling`); the trace opens in Perfetto or TensorBoard.
+without tracing it (:mod:`cnnjax.aot`), and one step). ``--profile_dir`` traces a few steps
+with ``jax.profiler`` and prints where the device time goes (:mod:`cnnjax.profiling`); the
+trace opens in Perfetto or TensorBoard.
 
 ``--dtype=auto`` computes in bfloat16 on GPU/TPU (parameters stay float32) and in float32 on
 CPU; torch then uses bf16 autocast and channels_last on GPU. ``--xla_flags`` appends to

@@ -91,8 +91,8 @@ def init_state(
         {"program": "init", "description": description, "image_shape": list(image_shape),
          "on_host": host is not None},
         [host] if host else mesh.devices.flat, persist=description is not None)
-    if host is None:
-        return jitted(jax.random.PRNGKey(seed))
+    if host is None:  # a compiled program takes its arguments where it expects them
+        return jitted(jax.device_put(jax.random.PRNGKey(seed), replicated))
     with jax.default_device(host):  # nothing of the initialisation touches the accelerator
         state = jax.device_get(jitted(jax.random.PRNGKey(seed)))
     # Every process computed the same values; each hands its devices their (full) copies.

@@ -157,3 +157,32 @@ def test_a_relaunched_run_loads_its_programs_untraced_and_trains_bit_identically
     train.run(config, str(tmp_path / "third"))
     assert "train_step_per_device" in traced
     assert len(os.listdir(persistent_cache / aot.SUBDIR)) == 6
+
+
+def test_the_initialisation_is_stored_for_the_host_and_the_device_paths(persistent_cache,
+                                                                        monkeypatch):
+    import optax
+
+    from cnnjax import models
+
+    how = []
+    prepare = aot.Persistent.prepare
+
+    def spy(self, *args):
+        compiled = prepare(self, *args)
+        how.append(self.record["how"])
+        return compiled
+
+    monkeypatch.setattr(aot.Persistent, "prepare", spy)
+    mesh = parallel.make_mesh()
+    model = models.get_model("cnn", num_classes=10, features=(4,), dense=(8,), batch_norm=True,
+                             axis_name=parallel.AXIS)
+    tx = optax.sgd(0.1, momentum=0.9)
+    states = [steps.init_state(model, tx, 3, (8, 8, 1), mesh, on_host=on_host,
+                               description={"test": 1})
+              for on_host in (True, True, False, False)]
+    assert how == ["compiled", "loaded", "compiled", "loaded"]
+    for state in states[1:]:
+        for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(state), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            assert b.sharding.is_fully_replicated and len(b.sharding.device_set) == 8
