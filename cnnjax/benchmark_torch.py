@@ -19,7 +19,7 @@ from cnnjax.benchmark import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, timing
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # cnnjax ResNet fields that change how, not what, the network computes.
-PERFORMANCE_ONLY_FIELDS = {"space_to_depth_stem", "fused_max_pool"}
+PERFORMANCE_ONLY_FIELDS = {"space_to_depth_stem", "fused_max_pool", "materialize_on_cpu"}
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -101,3 +103,50 @@ def test_resnet_fast_layers_change_nothing_but_speed():
     np.testing.assert_allclose(logits, logits_ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+
+
+def test_in_memory_is_the_identity_in_values_and_gradients():
+    x = jnp.array([[1.5, -0.0, 0.0], [jnp.inf, -jnp.inf, jnp.nan]], jnp.float32)
+    y = jax.jit(layers.in_memory)(x)
+    assert y.dtype == x.dtype
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(x))
+    np.testing.assert_array_equal(y, x)  # NaN where NaN: NaN takes the other branch, also x
+    g = jax.jit(jax.grad(lambda v: jnp.sum(layers.in_memory(v) * jnp.arange(3.0))))(x[:1])
+    np.testing.assert_array_equal(g, jnp.arange(3.0)[None])
+    bf16 = jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3)
+    assert jax.jit(layers.in_memory)(bf16).dtype == jnp.bfloat16
+
+
+def _resnet_grad(name, materialize, x):
+    model = models.get_model(name, num_classes=5, materialize_on_cpu=materialize)
+    variables = model.init(jax.random.key(1), x)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                mutable=["batch_stats"])
+        return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
+
+    fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    return fn, variables["params"]
+
+
+@pytest.mark.parametrize("name, size", [("cifar_resnet20", 16), ("resnet18", 32)])
+def test_resnets_materialize_conv_inputs_on_cpu_only_and_compute_the_same(name, size):
+    x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
+    (on, params), (off, _) = (_resnet_grad(name, m, x) for m in (True, False))
+    (_, logits), grads = on(params)
+    (_, logits_ref), grads_ref = off(params)
+    np.testing.assert_allclose(logits, logits_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # On CPU XLA keeps the conditionals (were they folded away, the speed-up would be gone) ...
+    assert "conditional(" in on.lower(params).compile().as_text()
+    assert "conditional(" not in off.lower(params).compile().as_text()
+
+    # ... and a GPU program has none of their predicates (x == x on the first element).
+    def equalities(fn, platform):
+        text = fn.trace(params).lower(lowering_platforms=(platform,)).as_text()
+        return len(re.findall(r"stablehlo\.compare\s+EQ", text))
+
+    assert equalities(on, "cpu") > equalities(off, "cpu")
+    assert equalities(on, "cuda") == equalities(off, "cuda")

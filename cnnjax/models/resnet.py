@@ -52,9 +52,10 @@ class _Block(nn.Module):
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    materialize_on_cpu: bool = True
 
     def conv(self, features, kernel, strides=1, name=None):
-        return nn.Conv(
+        conv = nn.Conv(
             features,
             (kernel, kernel),
             strides=(strides, strides),
@@ -65,6 +66,7 @@ class _Block(nn.Module):
             param_dtype=jnp.float32,
             name=name,
         )
+        return (lambda x: conv(layers.in_memory(x))) if self.materialize_on_cpu else conv
 
     def norm(self, train, name, zero=False):
         return nn.BatchNorm(
@@ -133,8 +135,10 @@ class ResNet(nn.Module):
       space_to_depth_stem: compute the 7x7/2 stem on 2x2 pixel blocks
         (:class:`~cnnjax.models.layers.SpaceToDepthStem`: same parameters and function).
       fused_max_pool: the 3x3/2 max-pool as fused strided slices (:func:`layers.max_pool`: the
-        same values and gradients as ``nn.max_pool``). Both are performance switches only:
-        outputs agree to float rounding and checkpoints are interchangeable.
+        same values and gradients as ``nn.max_pool``).
+      materialize_on_cpu: on CPU, compute each block convolution's input into memory first
+        (:func:`layers.in_memory`; no effect on other platforms). All three are performance
+        switches only: outputs agree to float rounding and checkpoints are interchangeable.
     """
 
     num_classes: int = 1000
@@ -145,10 +149,13 @@ class ResNet(nn.Module):
     axis_name: str | None = None
     space_to_depth_stem: bool = True
     fused_max_pool: bool = True
+    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         block_cls = BLOCKS[self.block] if isinstance(self.block, str) else self.block
+        extra = ({"materialize_on_cpu": self.materialize_on_cpu}
+                 if isinstance(block_cls, type) and issubclass(block_cls, _Block) else {})
         x = jnp.asarray(x, self.dtype)
         if self.space_to_depth_stem:
             x = layers.SpaceToDepthStem(64, kernel_init=conv_init, dtype=self.dtype,
@@ -175,6 +182,7 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     axis_name=self.axis_name,
                     name=f"layer{i + 1}_{j}",
+                    **extra,
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(
