@@ -144,6 +144,28 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def complete(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the fields it predates filled in with their defaults.
+
+    A run recorded before cnnjax gained a field ran as that field's default has it (new fields
+    keep the old behaviour by default), so resuming it is no change of config.
+    """
+    base = to_dict(defaults())
+    name = stored.get("model", {}).get("name")
+    try:
+        base["model"] = to_dict(model_config(name)) if name else {}
+    except (KeyError, ValueError):  # a model no longer registered: its stored fields only
+        base["model"] = {}
+
+    def merge(into: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(into)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    return merge(base, stored)
+
+
 def diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The fields that differ between two config dicts, as ``key: old -> new`` text."""
     a, b = _flat(old), _flat(new)

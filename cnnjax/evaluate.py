@@ -136,7 +136,8 @@ def load_run(workdir: str, which: str = "latest") -> Run:
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
-    config = ml_collections.ConfigDict(progress["config"])
+    # Completed with the defaults of fields added since it was trained.
+    config = ml_collections.ConfigDict(config_lib.complete(progress["config"]))
     return Run(workdir, which, step, config, variables)
 
 

@@ -56,7 +56,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, allow_change:
     if os.path.isfile(path) and not allow_change:
         with open(path) as f:
             previous = json.load(f)
-        if changed := config_lib.diff(previous, config_lib.to_dict(config)):
+        if changed := config_lib.diff(config_lib.complete(previous), config_lib.to_dict(config)):
             raise config_lib.ConfigError(
                 f"workdir {workdir} holds a run with a different config ({changed}); "
                 "pass another --workdir to start fresh, or --allow_config_change to resume "

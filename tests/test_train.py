@@ -82,6 +82,30 @@ def test_a_workdir_of_a_different_run_is_refused_untouched(tmp_path, data_dir):
     assert before == after
 
 
+def test_a_run_recorded_before_a_field_existed_resumes_as_that_fields_default(tmp_path,
+                                                                             data_dir):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, num_steps=10, plots=False)
+    train.run(config, workdir, stop_at_step=5)
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        stored = json.load(f)
+    # As written by an older cnnjax: without a model field and a train field it now has, both
+    # at their defaults here.
+    assert stored["model"]["pool"] == "max" and stored["train"]["nan_policy"] == "stop"
+    del stored["model"]["pool"], stored["train"]["nan_policy"]
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    summary = train.run(config, workdir)
+    assert summary["step"] == 10
+    # A missing field whose value now differs from its default is a change.
+    del stored["optimizer"]["learning_rate"]  # 0.05 here, 0.1 by default
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    with pytest.raises(ConfigError, match=r"optimizer.learning_rate: 0.1 -> 0.05"):
+        train.run(config, workdir)
+
+
 def test_indivisible_batch_fails_before_any_work(tmp_path, data_dir):
     config = tiny_config(data_dir)
     config.data.batch_size = 30  # 8 devices
