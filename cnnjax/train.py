@@ -153,7 +153,9 @@ def run(
     tx = optim.make_optimizer(config.optimizer, schedule)
     # What, with the source and the environment, determines the compiled programs: a
     # relaunch loads them instead of tracing them (cnnjax.aot; with the compilation cache).
-    program = {"config": config_lib.to_dict(config), "dataset": repr(info),
+    # The seed reaches them only as an argument (the PRNG key), so a seed sweep shares them.
+    program = {"config": {k: v for k, v in config_lib.to_dict(config).items() if k != "seed"},
+               "dataset": repr(info),
                "augment": data.augment, "steps_per_epoch": spe, "total_steps": total_steps}
     state = steps.init_state(model, tx, config.seed, info.image_shape, mesh, description=program)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -152,6 +152,13 @@ def test_a_relaunched_run_loads_its_programs_untraced_and_trains_bit_identically
     first, second = _final_params(tmp_path / "first"), _final_params(tmp_path / "second")
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
         np.testing.assert_array_equal(a, b)
+    # Another seed is the same programs (the seed is an argument) and another run.
+    config.seed = 1
+    train.run(config, str(tmp_path / "seed1"))
+    assert traced == [] and len(os.listdir(persistent_cache / aot.SUBDIR)) == 3
+    other_seed = _final_params(tmp_path / "seed1")
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(first["params"]), jax.tree.leaves(other_seed["params"]), strict=True))
     # A changed field is another program.
     config.optimizer.learning_rate = 0.02
     train.run(config, str(tmp_path / "third"))
