@@ -127,7 +127,6 @@ class SpaceToDepthStem(nn.Module):
                                         (1, 1), ((2, 1), (2, 1)), dimension_numbers=numbers)
 
 
-
 def in_memory(x: jax.Array) -> jax.Array:
     """``x``; on CPU computed into memory first, where every consumer then reads it.
 
