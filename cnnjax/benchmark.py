@@ -441,14 +441,19 @@ def table(result: dict[str, Any]) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and input flags of the benchmark commands (this one, :mod:`cnnjax.conv_paths`)."""
     p.add_argument("--model", default="cifar_resnet20")
     p.add_argument("--model_kwargs", default="{}", help="JSON object of model fields")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--num_classes", type=int, default=10)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(p)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--steps", type=int, default=20, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=3)

@@ -417,13 +417,10 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from cnnjax import benchmark
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="cifar_resnet20")
-    p.add_argument("--model_kwargs", default="{}", help="JSON object of model fields")
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--num_classes", type=int, default=10)
+    benchmark.add_model_arguments(p)
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated: {', '.join(PATHS)}")
     p.add_argument("--torch", action="store_true", help="also time torch's conv2d")
     p.add_argument("--repeats", type=int, default=10)
