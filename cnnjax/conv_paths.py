@@ -147,6 +147,12 @@ PATHS: dict[str, Callable] = {"xla": xla, "im2col": im2col, "taps": taps, "winog
 _COVERS = {"winograd": _winograd_covers}
 
 
+def _check_paths(paths) -> None:
+    for path in paths:
+        if path not in PATHS:
+            raise ValueError(f"unknown convolution path {path!r}; choose from {', '.join(PATHS)}")
+
+
 def covers(path: str, x_shape, w_shape, strides, pads) -> bool:
     """Whether ``path`` computes this convolution itself (else it is left to XLA)."""
     check = _COVERS.get(path)
@@ -155,8 +161,7 @@ def covers(path: str, x_shape, w_shape, strides, pads) -> bool:
 
 def conv(path: str, x, w, strides=(1, 1), pads: Pads = ((0, 0), (0, 0))):
     """``lax.conv_general_dilated(x, w, strides, pads)`` (NHWC/HWIO) computed by ``path``."""
-    if path not in PATHS:
-        raise ValueError(f"unknown convolution path {path!r}; choose from {', '.join(PATHS)}")
+    _check_paths([path])
     strides, pads = tuple(strides), tuple(tuple(p) for p in pads)
     if not covers(path, x.shape, w.shape, strides, pads):
         path = "xla"
@@ -301,19 +306,10 @@ def time_torch_conv(shape: dict, repeats: int = 10) -> dict[str, float] | str:
         y = F.conv2d(a, k, **kw)
         return lambda: torch.autograd.grad(y, a if wrt_x else k, g, retain_graph=True)
 
-    def best(fn):
-        for _ in range(_WARMUP):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times) * 1e3
-
-    with torch.no_grad():
-        fwd = best(lambda: F.conv2d(x, w, **kw))
-    return {"fwd": fwd, "dx": best(backward(True)), "dw": best(backward(False))}
+    with torch.no_grad():  # torch on CPU returns when done: nothing for _best_ms to wait for
+        fwd = _best_ms(lambda: F.conv2d(x, w, **kw), repeats)
+    return {"fwd": fwd, "dx": _best_ms(backward(True), repeats),
+            "dw": _best_ms(backward(False), repeats)}
 
 
 def time_steps(paths: list[str], model: str, model_kwargs: dict[str, Any], batch_size: int,
@@ -343,9 +339,7 @@ def measure(model: str = "cifar_resnet20", *, batch_size: int = 128, image_size:
     """Both measurements of the module docstring; returns (and optionally writes) a dict."""
     from cnnjax import models
 
-    for path in paths:
-        if path not in PATHS:
-            raise ValueError(f"unknown convolution path {path!r}; choose from {', '.join(PATHS)}")
+    _check_paths(paths)
     model_kwargs = dict(model_kwargs or {})
     image_shape = (image_size, image_size, channels)
     module = models.get_model(model, num_classes=num_classes, dtype=jnp.float32, **model_kwargs)
