@@ -10,12 +10,17 @@ as code: launch only config files you trust.
 
 from __future__ import annotations
 
-import os
-import re
-import sys
+from cnnjax import signals  # the standard library only: in place before any slow import
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+signals.install()  # SIGINT/SIGTERM from here on: one line and a clean exit, at any moment
+
+import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, "experiments", "default.py")
@@ -165,6 +170,7 @@ def _use_run(mode: str) -> None:
     """--mode=eval/predict/visualize on the run in --workdir."""
     from cnnjax import evaluate, viz
 
+    signals.set_stage(signals.STARTING, f"before --mode={mode} wrote anything")
     if not _WORKDIR.value:
         _fail(f"--mode={mode} needs --workdir=W, the workdir of a trained run")
     if mode == "eval":
@@ -188,8 +194,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
-    if not _VERBOSE.value:  # Orbax and TFDS log every step of their work at INFO
-        logging.set_verbosity(logging.WARNING)
+    if not _VERBOSE.value:  # cnnjax's own lines only; --verbose shows the libraries' too
+        logging.set_verbosity(logging.ERROR)
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"cnnjax\b")
     config = _load_config()
     from cnnjax import parallel, train
     from cnnjax.config import ConfigError

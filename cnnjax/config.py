@@ -15,14 +15,14 @@ from typing import Any
 
 import ml_collections
 
+from cnnjax.errors import ConfigError
+
+__all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "piecewise")
 BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "")
 NAN_POLICIES = ("stop", "skip")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the value and the fix."""
 
 
 def defaults() -> ml_collections.ConfigDict:

@@ -1,8 +1,10 @@
 """Preemption: finish the current step, save, and exit on SIGTERM or SIGINT.
 
 Orbax's own preemption sync point only fires under ``jax.distributed``, so the signal is
-caught here, in every run. With several processes, each asks the others at every step
-(one tiny all-gather), so all of them stop at the same step and save together.
+caught here, in every run. Under ``launch.py`` the signal reaches ``cnnjax.signals``; in a
+notebook or a script (nothing installed) the guard sets its own handlers for the loop. With
+several processes, each asks the others at every step (one tiny all-gather), so all of them
+stop at the same step and save together.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import threading
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from cnnjax import signals
 
 
 class PreemptionGuard:
@@ -33,8 +36,8 @@ class PreemptionGuard:
             print(f"received {name}: finishing this step, then saving", flush=True)
 
     def __enter__(self) -> PreemptionGuard:
-        if threading.current_thread() is threading.main_thread():
-            for s in SIGNALS:
+        if not signals.installed() and threading.current_thread() is threading.main_thread():
+            for s in signals.SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
@@ -44,9 +47,8 @@ class PreemptionGuard:
 
     def requested(self) -> bool:
         """Whether any process received a signal (all processes get the same answer)."""
+        flag = self._flag or signals.requested() is not None
         if jax.process_count() == 1:
-            return self._flag
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
+            return flag
+        flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
         return bool(np.any(flags))

@@ -19,7 +19,7 @@ from flax import struct
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from cnnjax import aot, parallel
+from cnnjax import parallel
 from cnnjax.data.augment import augment, mix, soft_targets
 
 P = PartitionSpec
@@ -58,7 +58,6 @@ def init_state(
     image_shape: Sequence[int],
     mesh: Mesh,
     on_host: bool | None = None,
-    description: Any = None,
 ) -> TrainState:
     """Initialises parameters and optimizer state, replicated over ``mesh``, under jit.
 
@@ -66,8 +65,6 @@ def init_state(
     process's CPU and copies the result to the devices. Random initialisation is hundreds of
     small threefry kernels: a cold ResNet-50 init took 28 s to compile for an H200 against
     about 5 s on a host CPU, and the same seed then gives the same parameters on every backend.
-    ``description`` (JSON-able: what determines ``model`` and ``tx``, e.g. the run's config)
-    lets a relaunch load the compiled initialisation instead of tracing it (:mod:`cnnjax.aot`).
     """
 
     def init(key):
@@ -86,15 +83,10 @@ def init_state(
     if on_host is None:
         on_host = mesh.devices.flat[0].platform != "cpu"
     host = parallel.host_cpu() if on_host else None
-    jitted = aot.Persistent(
-        jax.jit(init) if host else jax.jit(init, out_shardings=replicated),
-        {"program": "init", "description": description, "image_shape": list(image_shape),
-         "on_host": host is not None},
-        [host] if host else mesh.devices.flat, persist=description is not None)
-    if host is None:  # a compiled program takes its arguments where it expects them
-        return jitted(jax.device_put(jax.random.PRNGKey(seed), replicated))
+    if host is None:
+        return jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(seed))
     with jax.default_device(host):  # nothing of the initialisation touches the accelerator
-        state = jax.device_get(jitted(jax.random.PRNGKey(seed)))
+        state = jax.device_get(jax.jit(init)(jax.random.PRNGKey(seed)))
     # Every process computed the same values; each hands its devices their (full) copies.
     return jax.tree.map(
         lambda x: jax.make_array_from_callback(x.shape, replicated, lambda index: x[index]),

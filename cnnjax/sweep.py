@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from cnnjax import config as config_lib
+from cnnjax.errors import WorkdirLocked
 
 METRICS = ("test_accuracy", "test_top5_accuracy", "test_loss", "best_value")
 
@@ -225,11 +226,13 @@ def expand(config: ml_collections.ConfigDict, points: list[dict[str, Any]],
 
 
 def read_summary(point_dir: str) -> dict[str, Any] | None:
-    path = os.path.join(point_dir, "summary.json")
-    if not os.path.exists(path):
+    """The point's ``summary.json`` (None if missing or unreadable: not finished)."""
+    try:
+        with open(os.path.join(point_dir, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return summary if isinstance(summary, dict) else None
 
 
 def is_finished(point_dir: str) -> bool:
@@ -262,7 +265,11 @@ def run(
                 "skipping")
             continue
         log(f"sweep point {point.index} of 0..{len(points) - 1}: {point.name}")
-        train_fn(point.config, point_dir, **train_kwargs)
+        try:
+            train_fn(point.config, point_dir, **train_kwargs)
+        except WorkdirLocked as e:  # another launch over the same grid trains it
+            log(f"skipping it: {e}")
+            continue
         if jax.process_index() == 0:
             write_results(workdir, points)
     if jax.process_index() == 0:

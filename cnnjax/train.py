@@ -16,16 +16,19 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
-from cnnjax import aot, models, optim, parallel, steps, transfer, viz
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
-from cnnjax.checkpoint import Checkpointer
+from cnnjax import models, optim, parallel, signals, steps, transfer, viz
+from cnnjax.checkpoint import Checkpointer, WorkdirLock
 from cnnjax.evaluate import BestCheckpoint
 from cnnjax.preemption import PreemptionGuard
 
@@ -52,16 +55,59 @@ def _log(*args: Any) -> None:
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> None:
     """Refuses, before anything is written, a workdir that holds a run of another config."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.isfile(path) and not allow_change:
-        with open(path) as f:
-            previous = json.load(f)
+    previous = recorded_config(workdir)
+    if previous is not None and not allow_change:
         if changed := config_lib.diff(config_lib.complete(previous), config_lib.to_dict(config)):
             raise config_lib.ConfigError(
                 f"workdir {workdir} holds a run with a different config ({changed}); "
                 "pass another --workdir to start fresh, or --allow_config_change to resume "
                 "it with the new config"
             )
+
+
+def recorded_config(workdir: str) -> dict[str, Any] | None:
+    """The config recorded in ``workdir/config.json`` (None: no run recorded there)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise config_lib.ConfigError(
+            f"{path} is unreadable ({reason}); restore it (the config of every checkpoint is "
+            "also in its progress file), or pass another --workdir") from None
+    if not isinstance(previous, dict) or not isinstance(previous.get("model"), dict):
+        raise config_lib.ConfigError(
+            f"{path} does not hold a cnnjax config; restore it, or pass another --workdir")
+    return previous
+
+
+def finished_summary(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+    """The summary of the run in ``workdir`` if it is finished under ``config``, else None.
+
+    Finished: ``summary.json`` records the last step, and ``config`` is the recorded config.
+    """
+    summary = read_summary(workdir)
+    if not summary or summary.get("step", -1) < summary.get("total_steps", 0):
+        return None
+    previous = recorded_config(workdir)
+    if previous is None or config_lib.diff(config_lib.complete(previous),
+                                            config_lib.to_dict(config)):
+        return None
+    return summary
+
+
+def read_summary(workdir: str) -> dict[str, Any] | None:
+    """``workdir/summary.json`` (None if missing or unreadable: the run is then finished
+    again from its last checkpoint, which rewrites it)."""
+    try:
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -130,14 +176,84 @@ def run(
     start_time = time.time()
     config_lib.validate(config, jax.device_count())
     workdir = os.path.abspath(workdir)
-    check_workdir(config, workdir, allow_config_change)
+    transfer.check_source(config.init.checkpoint)
+    check_workdir(config, workdir, allow_config_change)  # read only, as is everything above
+    if (summary := finished_summary(config, workdir)) is not None:
+        return _report_finished(summary)
+    with signals.stage(signals.STARTING, "before the first training step; relaunch the same "
+                       "command to start (or resume) the run"):
+        with _exclusive(workdir) as lock:
+            # Again, now that no other launch can change the workdir under us.
+            check_workdir(config, workdir, allow_config_change)
+            if (summary := finished_summary(config, workdir)) is not None:
+                return _report_finished(summary)
+            return _train(config, workdir, lock, stop_at_step, start_time)
 
+
+@contextlib.contextmanager
+def _exclusive(workdir: str) -> Iterator[WorkdirLock | None]:
+    """Process 0 holds the workdir's lock for the block; every process learns if it failed.
+
+    A ``ConfigError`` raised in the block before ``lock.keep()`` removes what taking the lock
+    created, so bad input found late (in the data, say) still leaves no trace.
+    """
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    error = None
+    if lock:
+        try:
+            lock.acquire()
+        except config_lib.ConfigError as e:
+            error = e
+    if jax.process_count() > 1:
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if failed and error is None:
+            error = config_lib.ConfigError(f"process 0 could not lock workdir {workdir}")
+    if error:
+        raise error
+    try:
+        yield lock
+    except config_lib.ConfigError:
+        if lock:
+            lock.abandon()
+        raise
+    finally:
+        if lock:
+            lock.release()
+
+
+def _report_finished(summary: dict[str, Any]) -> dict[str, Any]:
+    """A relaunch of a finished run: says so and changes nothing."""
+    _log(f"already finished at step {summary['step']} of {summary['total_steps']} "
+         f"({summary['workdir']}/summary.json); nothing to do")
+    _log(_done_line(summary))
+    return summary
+
+
+def _done_line(summary: dict[str, Any]) -> str:
+    return (f"done: test accuracy {summary.get('test_accuracy', float('nan')):.4f}, "
+            f"test loss {summary.get('test_loss', float('nan')):.4f}, "
+            f"{summary['wall_time_s']:.1f} s, workdir {summary['workdir']}")
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | None,
+           stop_at_step: int | None, start_time: float) -> dict[str, Any]:
     # Data: each process reads its slice of every global batch.
     data = data_lib.build(config.data, config.seed, jax.process_index(), jax.process_count())
     info, loader = data.info, data.train
     spe = loader.steps_per_epoch
     t = config.train
+    if spe == 0:
+        devices = jax.device_count()
+        fix = (f"pass --config.data.batch_size={data.num_train // devices * devices} or less"
+               if data.num_train >= devices else f"use at least {devices} training examples")
+        raise config_lib.ConfigError(
+            f"{info.name} has {data.num_train} training examples, fewer than one batch "
+            f"(data.batch_size={config.data.batch_size}); {fix}")
     total_steps = t.num_steps if t.num_steps >= 0 else int(round(t.num_epochs * spe))
+    if total_steps == 0:
+        raise config_lib.ConfigError(
+            f"train.num_epochs={t.num_epochs} is {t.num_epochs * spe:.2g} of the {spe} steps of an "
+            "epoch, which rounds to no step; train for longer")
     eval_every = {-1: spe, 0: total_steps}.get(t.eval_every_steps, t.eval_every_steps)
 
     # Model, optimizer, state: replicated over a 1-D mesh of every device.
@@ -147,17 +263,9 @@ def run(
         config.model.name, num_classes=info.num_classes, axis_name=parallel.AXIS, **model_kwargs
     )
     check_input_shape(model, info, config.model.name)
-    if jax.process_index() == 0:
-        write_config(config, workdir)
     schedule = optim.make_schedule(config.optimizer, spe, total_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
-    # What, with the source and the environment, determines the compiled programs: a
-    # relaunch loads them instead of tracing them (cnnjax.aot; with the compilation cache).
-    # The seed reaches them only as an argument (the PRNG key), so a seed sweep shares them.
-    program = {"config": {k: v for k, v in config_lib.to_dict(config).items() if k != "seed"},
-               "dataset": repr(info),
-               "augment": data.augment, "steps_per_epoch": spe, "total_steps": total_steps}
-    state = steps.init_state(model, tx, config.seed, info.image_shape, mesh, description=program)
+    state = steps.init_state(model, tx, config.seed, info.image_shape, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
@@ -175,6 +283,9 @@ def run(
         best_so_far = progress.get("best")
         loader.restore(start_step, progress["data"])
         _log(f"resumed from {ckpt.directory}/{start_step}")
+    if jax.process_index() == 0:
+        write_config(config, workdir)
+        lock.keep()  # from here on the workdir holds this run: no more bad-input clean-up
     best = (BestCheckpoint(workdir, t.best_metric, t.best_mode, best_so_far)
             if t.best_metric else None)
     writer = None
@@ -186,14 +297,13 @@ def run(
                                     info.image_shape)
 
     stats = {"mean": info.mean, "std": info.std}
-    train_step = aot.Persistent(steps.make_train_step(
+    train_step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
         label_smoothing=t.label_smoothing, skip_nonfinite=t.nan_policy == "skip",
         frozen_batch_stats=config.optimizer.freeze_backbone,
         **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
-    ), {"program": "train_step", **program}, mesh.devices.flat)
-    eval_step = aot.Persistent(steps.make_eval_step(mesh, model=model, **stats),
-                               {"program": "eval_step", **program}, mesh.devices.flat)
+    )
+    eval_step = steps.make_eval_step(mesh, model=model, **stats)
     _log(
         f"training {config.model.name} ({num_params:,} params) on {info.name} "
         f"({data.num_train} train / {data.num_eval} test) for {total_steps} steps "
@@ -232,6 +342,8 @@ def run(
         for step in range(start_step, end):
             batch = parallel.global_batch(loader.batch(step), mesh)
             state, metrics = train_step(state, batch)
+            if step == start_step:  # compiled and running: a signal now saves this step
+                signals.set_stage(signals.TRAINING, "")
             pending.append(metrics)
             done = step + 1
             if writer:
@@ -258,9 +370,13 @@ def run(
                 raise Preempted(done, workdir)  # once `close` has committed the save
             if done % t.checkpoint_every_steps == 0 or done == end:
                 save(done)
+    if preemption.requested():  # a signal while the last checkpoint was being committed
+        raise Preempted(end, workdir)
+    signals.set_stage(signals.FINISHING, "relaunch the same command to write the plots and "
+                      "the summary")
     if writer:
-        last_eval = last_eval or writer.last_eval  # a relaunch of a finished run
-    if t.plots and start_step < end == total_steps:
+        last_eval = last_eval or writer.last_eval  # a relaunch that only finishes the run
+    if t.plots and end == total_steps:
         viz.write_plots(os.path.join(workdir, "plots"), config, state_variables(state), data,
                         mesh, end, writer and metrics_lib.read_jsonl(writer.jsonl.path))
 
@@ -279,11 +395,7 @@ def run(
     if end == total_steps:
         if jax.process_index() == 0:  # marks the run finished (sweeps skip it)
             _write_summary(summary, workdir)
-        _log(
-            f"done: test accuracy {summary.get('test_accuracy', float('nan')):.4f}, "
-            f"test loss {summary.get('test_loss', float('nan')):.4f}, "
-            f"{summary['wall_time_s']:.1f} s, workdir {workdir}"
-        )
+        _log(_done_line(summary))
     else:
         _log(f"stopped at step {end}/{total_steps}; relaunch with --workdir={workdir} to resume")
     return summary

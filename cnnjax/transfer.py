@@ -17,27 +17,52 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from cnnjax import checkpoint
+from cnnjax.errors import ConfigError
+from cnnjax.models.pretrained import load_pretrained
+
+_SOURCES = ("give a directory written by `python -m cnnjax.models.pretrained` or the workdir "
+            "of an earlier run")
+_ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA")
+
+
+def _steps(directory: str) -> list[int]:
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def check_source(path: str) -> None:
+    """Raises ``ConfigError`` before any work for an ``init.checkpoint`` that holds no weights
+    (``""``, starting from scratch, passes)."""
+    if not path:
+        return
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(full):
+        raise ConfigError(f"init.checkpoint {full} does not exist; {_SOURCES}")
+    if os.path.isdir(os.path.join(full, "checkpoints")):
+        if not _steps(os.path.join(full, "checkpoints")):
+            raise ConfigError(f"init.checkpoint {full} is a workdir with no complete "
+                              f"checkpoint; train it first, or {_SOURCES}")
+        return
+    if not os.path.isdir(full) or not any(
+            os.path.exists(os.path.join(full, m)) for m in _ORBAX_MARKERS):
+        raise ConfigError(f"init.checkpoint {full} is neither converted weights nor a "
+                          f"workdir; {_SOURCES}")
+
 
 def load_variables(path: str) -> dict[str, Any]:
     """``{"params", "batch_stats"}`` from a pretrained directory or a cnnjax workdir."""
+    check_source(path)
     path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        from cnnjax.checkpoint import Checkpointer
-
-        ckpt = Checkpointer(os.path.join(path, "checkpoints"), keep=1)
-        if ckpt.latest_step() is None:
-            raise ValueError(f"init.checkpoint {path} holds no complete checkpoint")
-        state, _ = ckpt.read()
-        ckpt.close()
-        return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-    if not os.path.isdir(path):
-        raise ValueError(
-            f"init.checkpoint {path} does not exist; give a directory written by "
-            "`python -m cnnjax.models.pretrained` or the workdir of an earlier run"
-        )
-    from cnnjax.models.pretrained import load_pretrained
-
-    variables = load_pretrained(path)
+    try:
+        if os.path.isdir(os.path.join(path, "checkpoints")):
+            directory = os.path.join(path, "checkpoints")
+            state, _ = checkpoint.read_step(directory, _steps(directory)[-1])
+            return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+        variables = load_pretrained(path)
+    except Exception as e:  # noqa: BLE001 -- any unreadable file: one line naming the path
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"init.checkpoint {path} is unreadable ({reason}); convert or train "
+                          "it again") from None
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
 
 

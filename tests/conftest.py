@@ -4,9 +4,24 @@ XLA reads the flag once, when JAX is first imported, which is why it is set here
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The suite owns its state: HOME and every cache and data directory that a library or
+# launch.py would find through it (JAX's compilation cache in ~/.cache/cnnjax, TFDS's
+# ~/tensorflow_datasets, matplotlib's and torch's caches) point into one temporary folder,
+# removed when the session ends; subprocesses inherit it. Nothing outside it is read or written.
+USER_HOME = os.path.expanduser("~")
+SUITE_HOME = tempfile.mkdtemp(prefix="cnnjax-tests-home-")
+os.environ["HOME"] = SUITE_HOME
+for name, sub in (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
+                  ("TFDS_DATA_DIR", "tensorflow_datasets"), ("MPLCONFIGDIR", ".matplotlib"),
+                  ("TORCH_HOME", ".cache/torch")):
+    os.environ[name] = os.path.join(SUITE_HOME, sub)
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -21,8 +36,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def persistent_cache(tmp_path):
-    """JAX's compilation cache, as launch.py enables it (and with it cnnjax.aot's stored
-    programs), in a fresh directory."""
+    """JAX's compilation cache, as launch.py enables it, in a fresh directory."""
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
     before = {name: getattr(jax.config, name) for name in names}
@@ -33,3 +47,7 @@ def persistent_cache(tmp_path):
     for name, value in before.items():
         jax.config.update(name, value)
     compilation_cache.reset_cache()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SUITE_HOME, ignore_errors=True)

@@ -1,4 +1,7 @@
-"""Small configs shared by the tests."""
+"""Small configs and checks shared by the tests."""
+
+import hashlib
+import os
 
 from cnnjax.config import defaults, model_config
 
@@ -20,3 +23,15 @@ def tiny_config(data_dir: str, **train):
     for k, v in train.items():
         setattr(c.train, k, v)
     return c
+
+
+def snapshot(directory):
+    """Every file under ``directory`` with its content hash and modification time."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, directory)] = (
+                    hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns)
+    return found

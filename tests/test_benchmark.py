@@ -105,7 +105,7 @@ def test_cpu_compiler_options(monkeypatch):
     assert parallel.compiler_options(mesh) is None
 
 
-def test_gpu_benchmark_script_runs_and_the_relaunch_loads_the_compiled_step(tmp_path):
+def test_gpu_benchmark_script_runs_and_the_relaunch_loads_the_step_from_the_cache(tmp_path):
     # experiments/gpu_benchmark.sh on a tiny CNN (the CPU it runs on here): cold run, cached
     # relaunch, same-process comparison with PyTorch; the variants are skipped.
     import os
@@ -123,9 +123,9 @@ def test_gpu_benchmark_script_runs_and_the_relaunch_loads_the_compiled_step(tmp_
                               for s in ("", "_cached", "_vs_torch"))
     assert cold["jax"]["images_per_s"] > 0 and cold["loader"]["images_per_s"] > 0
     assert "profile" in cold  # XLA:CPU traces hold no device kernels: reported, not raised
-    # the relaunch loads the stored step instead of tracing and compiling it
+    # the relaunch loads the compiled step from JAX's compilation cache instead of compiling it
     assert cold["jax"]["executable"] == "compiled" and cold["jax"]["compile_s"] > 0
-    assert cached["jax"]["executable"] == "loaded" and cached["jax"]["compile_s"] == 0
+    assert cached["jax"]["executable"] == "loaded from the compilation cache"
     assert 0 < cached["jax"]["process_start_to_first_step_s"] < 120
     assert vs_torch["ratios"]["cnnjax / torch eager"]["median"] > 0
     assert "== 3." in (tmp_path / "log.txt").read_text()

@@ -1,6 +1,7 @@
 """TFDS datasets by name through both loaders, on ``tfds.testing.mock_data`` (offline)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -204,3 +205,28 @@ def test_launch_reports_an_unprepared_dataset_in_one_line(tmp_path):
         f"error: dataset 'cifar10' is not prepared in {empty} (searched {empty}/cifar10/3.0.2); "
         f"prepare it once with: python -m cnnjax.data.prepare --name=cifar10 --data_dir={empty}"
     )
+
+
+def test_prepare_without_network_fails_fast_in_one_line(tmp_path, monkeypatch):
+    # TFDS alone would retry for minutes; the probe answers in seconds with the alternative.
+    import socket
+    import time
+
+    from cnnjax.data import prepare
+
+    def unreachable(address, timeout=None):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        prepare.prepare("mnist", str(tmp_path))
+    assert time.monotonic() - start < 30
+    assert str(e.value) == (
+        "preparing mnist downloads its files from storage.googleapis.com, which this machine "
+        "cannot reach (Network is unreachable): preparing it needs network access. Without "
+        "it, run this command on a machine that has it and copy the prepared folder "
+        f"{tmp_path}/mnist to the same place here")
+    assert not os.path.exists(tmp_path / "mnist" / "3.0.1" / "dataset_info.json")

@@ -2,10 +2,16 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from tests.helpers import snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,9 +36,13 @@ def test_default_experiment_reaches_the_accuracy_target_and_resumes(tmp_path, da
         final = [json.loads(line) for line in f][-1]
     assert final["step"] == 1260 and final["eval_accuracy"] >= 0.985, final
 
+    # Relaunched: it is finished, says so with its summary, and changes nothing.
+    before = snapshot(workdir)
     again = launch(f"--workdir={workdir}", data_dir=data_dir, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed from" in again.stdout and "step 42/1260" not in again.stdout
+    assert again.returncode == 0 and again.stderr == "", again.stderr[-3000:]
+    assert again.stdout.splitlines() == [
+        f"already finished at step 1260 of 1260 ({workdir}/summary.json); nothing to do", last]
+    assert snapshot(workdir) == before
 
 
 @pytest.mark.parametrize(
@@ -85,3 +95,51 @@ def test_eval_mode_reads_a_checkpoint_written_on_another_device_count(tmp_path, 
         summary = json.load(f)
     assert report["num_examples"] == 450
     assert report["eval_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_relaunches_and_sweeps_share_the_compilation_cache(tmp_path, data_dir):
+    # The README's commands one after another on one machine, through the default
+    # compilation cache: it lives in the suite's own HOME (tests/conftest.py), never the user's.
+    home = os.path.expanduser("~")
+    assert os.path.basename(home).startswith("cnnjax-tests-home-")
+    assert os.path.dirname(home) == tempfile.gettempdir()
+    cache = os.path.join(home, ".cache", "cnnjax", "jax")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    for steps, name in ((20, "a"), (30, "b"), (30, "c")):  # "c" loads "b"'s programs
+        result = launch(f"--config.train.num_steps={steps}", f"--workdir={tmp_path / name}",
+                        data_dir=data_dir, env=env)
+        assert result.returncode == 0 and result.stderr == "", (name, result.stderr[-3000:])
+    assert os.listdir(cache)
+    root = tmp_path / "lr_sweep"
+    result = launch("--sweep=optimizer.learning_rate=0.1,0.05 seed=0,1",
+                    "--config.train.num_steps=20", f"--workdir={root}", data_dir=data_dir,
+                    env=env)
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-3000:]
+    assert "4 of 4 points finished" in (root / "results.md").read_text()
+
+
+LIBRARY_LINE = re.compile(r"^[IWEF]\d{4} |warn", re.IGNORECASE)  # absl's format, warnings
+
+
+def test_runs_print_only_cnnjaxs_own_lines_unless_verbose(tmp_path, data_dir):
+    workdir = tmp_path / "quiet"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    fresh_data = str(tmp_path / "tensorflow_datasets")  # digits is prepared, quietly
+    result = launch("--config.train.num_steps=10", f"--workdir={workdir}",
+                    data_dir=fresh_data, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert result.stdout.splitlines()[0] == (
+        f"preparing digits in {fresh_data}/digits/1.0.0 (once)")
+    assert not [line for line in result.stdout.splitlines() if LIBRARY_LINE.search(line)]
+    image = tmp_path / "a.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(image)
+    for mode in (["--mode=eval"], ["--mode=predict", f"--inputs={image}"],
+                 ["--mode=visualize", "--checkpoint=best"]):
+        result = launch(*mode, f"--workdir={workdir}", data_dir=fresh_data, env=env)
+        assert result.returncode == 0 and result.stderr == "", (mode, result.stderr[-3000:])
+        assert not [line for line in result.stdout.splitlines() if LIBRARY_LINE.search(line)]
+    # --verbose shows what the libraries say (Orbax, at least, warns on every restore).
+    verbose = launch("--mode=eval", "--verbose", f"--workdir={workdir}", data_dir=fresh_data,
+                     env=env)
+    assert verbose.returncode == 0 and LIBRARY_LINE.search(verbose.stderr), verbose.stderr

@@ -8,7 +8,7 @@ import pytest
 from cnnjax import checkpoint, train
 from cnnjax.config import ConfigError
 from cnnjax.metrics import read_jsonl
-from tests.helpers import tiny_config
+from tests.helpers import snapshot, tiny_config
 
 METRIC_KEYS = ("train_loss", "train_accuracy", "learning_rate", "eval_loss", "eval_accuracy")
 
@@ -60,14 +60,31 @@ def test_workdir_files_and_summary(tmp_path, data_dir):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
 
 
-def test_relaunching_a_finished_run_resumes_instead_of_retraining(tmp_path, data_dir, capsys):
+def test_relaunching_a_finished_run_reports_it_and_changes_nothing(tmp_path, data_dir, capsys):
     workdir = str(tmp_path / "run")
     config = tiny_config(data_dir)
-    train.run(config, workdir)
+    first = train.run(config, workdir)
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    before = snapshot(workdir)
+    assert train.run(config, workdir) == first
+    assert capsys.readouterr().out.splitlines() == [
+        f"already finished at step 20 of 20 ({workdir}/summary.json); nothing to do", done]
+    assert snapshot(workdir) == before
+
+
+def test_a_damaged_summary_is_finished_again_from_the_last_checkpoint(tmp_path, data_dir,
+                                                                      capsys):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, plots=False)
+    first = train.run(config, workdir)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        f.write('{"step": 2')  # cut short
     capsys.readouterr()
-    train.run(config, workdir)
-    out = capsys.readouterr().out
-    assert "resumed from" in out and "step 5/20" not in out
+    again = train.run(config, workdir)
+    assert "resumed from" in capsys.readouterr().out
+    assert {k: again[k] for k in ("step", "test_accuracy", "test_loss")} == {
+        k: first[k] for k in ("step", "test_accuracy", "test_loss")}
+    assert train.read_summary(workdir)["step"] == 20
 
 
 def test_a_workdir_of_a_different_run_is_refused_untouched(tmp_path, data_dir):

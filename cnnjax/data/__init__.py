@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cnnjax.config import ConfigError
 from cnnjax.data.loader import InMemoryLoader, eval_batches
 from cnnjax.data.sources import (
     BUILTIN,
@@ -38,6 +37,7 @@ from cnnjax.data.sources import (
     resolve_data_dir,
 )
 from cnnjax.data.transforms import Framing
+from cnnjax.errors import ConfigError
 
 __all__ = [
     "CorruptImageError", "Data", "DataNotPreparedError", "DatasetInfo", "InMemoryLoader",

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.config import ConfigError
 from cnnjax.data import catalog
 from cnnjax.data.sources import ArrayRecords, CorruptImageError, Source
+from cnnjax.errors import ConfigError
 
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0

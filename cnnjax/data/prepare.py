@@ -11,9 +11,17 @@ to encode them: ``pip install tensorflow``. Training reads the prepared files wi
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import urllib.parse
 
 from absl import app, flags, logging
+
+from cnnjax import signals
+from cnnjax.errors import ConfigError
+
+PROBE_TIMEOUT_S = 10.0  # per host: an unreachable network answers within this, or never
 
 _NAME = flags.DEFINE_string("name", None, "TFDS dataset name, e.g. cifar10 or imagenet2012.")
 _DATA_DIR = flags.DEFINE_string(
@@ -35,9 +43,33 @@ def prepare(name: str, data_dir: str = "", manual_dir: str | None = None) -> str
         sources.prepare_builtin(name, data_dir)
         return tfds.builder(name, data_dir=data_dir).data_dir
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared() and not manual_dir:
+        check_network(name, builder, data_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builder.download_and_prepare(download_config=config, file_format="array_record")
     return builder.data_dir
+
+
+def check_network(name: str, builder, data_dir: str) -> None:
+    """Raises ``ConfigError`` within seconds when the hosts ``name`` downloads from are out of
+    reach (TFDS itself would retry for minutes). Behind a proxy it trusts the proxy."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    hosts = sorted({urllib.parse.urlparse(u).hostname for u in (builder.url_infos or {})} - {None})
+    error: OSError | None = None
+    for host in hosts[:3]:
+        try:
+            socket.create_connection((host, 443), timeout=PROBE_TIMEOUT_S).close()
+            return
+        except OSError as e:
+            error = e
+    if error is not None:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise ConfigError(
+            f"preparing {name} downloads its files from {hosts[0]}, which this machine cannot "
+            f"reach ({reason}): preparing it needs network access. Without it, run this "
+            f"command on a machine that has it and copy the prepared folder "
+            f"{os.path.join(data_dir, name)} to the same place here")
 
 
 def _one_line(name: str, error: Exception) -> str:
@@ -60,9 +92,12 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _NAME.value:
         raise app.UsageError("--name is required, e.g. --name=cifar10")
-    logging.set_verbosity(logging.WARNING)  # TFDS logs every file it touches at INFO
+    logging.set_verbosity(logging.ERROR)  # TFDS logs every file it touches; the error says it all
     try:
         path = prepare(_NAME.value, _DATA_DIR.value, _MANUAL_DIR.value)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - one line for the user; the cause is chained
         print(f"error: {_one_line(_NAME.value, e)}", file=sys.stderr)
         return 2
@@ -71,4 +106,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    signals.install()  # Ctrl-C during a download: one line, no traceback
     app.run(main)

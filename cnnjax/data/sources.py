@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 from typing import Any, Protocol
 
 import numpy as np
 
-from cnnjax.config import ConfigError
 from cnnjax.data import catalog
+from cnnjax.errors import ConfigError
 
 # Datasets whose builder ships in cnnjax: name -> module that registers the builder.
 BUILTIN = {"digits": "cnnjax.data.builders.digits"}
@@ -125,10 +126,14 @@ def prepare_builtin(name: str, data_dir: str) -> None:
     import tensorflow_datasets as tfds
 
     importlib.import_module(BUILTIN[name])
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
+    with _quiet():
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        if builder.is_prepared():
+            return
+        print(f"preparing {name} in {builder.data_dir} (once)", flush=True)
         tfds.disable_progress_bar()
-        builder.download_and_prepare()
+        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints sizes it does not know
+            builder.download_and_prepare()
 
 
 def open_source(cfg) -> Source:

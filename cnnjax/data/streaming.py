@@ -34,9 +34,9 @@ from typing import Any
 import grain.python as grain
 import numpy as np
 
-from cnnjax.config import ConfigError
 from cnnjax.data.sources import Records
 from cnnjax.data.transforms import Framing
+from cnnjax.errors import ConfigError
 
 # Records each worker reads ahead with its threads; decoding happens while reading.
 _READ_THREADS = 4
