@@ -14,11 +14,13 @@ from cnnjax import signals  # the standard library only: in place before any slo
 
 signals.install()  # SIGINT/SIGTERM from here on: one line and a clean exit, at any moment
 
+import importlib.util  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -107,15 +109,16 @@ def default_workdir(config_arg: str) -> str:
 def _load_config():
     config_arg = flags.FLAGS["config"].config_filename
     path = config_arg.partition(":")[0]
-    if not os.path.isfile(path):
-        _fail(f"config file {path!r} not found; pass --config=experiments/<name>.py")
+    _check_config_path(path)
     try:
         config = _CONFIG.value
     except Exception as e:  # the file ran and failed: say which file and why, in one line
         if _VERBOSE.value:
             raise
         cause = e.__cause__ or e.__context__ or e
-        _fail(f"config file {config_arg!r} failed to load: {type(cause).__name__}: {cause}")
+        _fail(_config_failure(config_arg, f"{type(cause).__name__}: {cause}"))
+    if not isinstance(config, ml_collections.ConfigDict):
+        _fail(_not_a_config(path, type(config).__name__))
     return _switch_model(config, path, config_arg.partition(":")[2])
 
 
@@ -130,8 +133,6 @@ def _switch_model(config, path: str, variant: str):
     given = {a[len(prefix):].split("=", 1)[0] for a in sys.argv[1:] if a.startswith(prefix)}
     if "name" not in given:
         return config
-    import importlib.util
-
     from cnnjax.config import model_config
 
     spec = importlib.util.spec_from_file_location("_config_file", path)
@@ -183,12 +184,60 @@ def _use_run(mode: str) -> None:
         viz.visualize(_WORKDIR.value, _CHECKPOINT.value)
 
 
+def _check_config_path(path: str) -> None:
+    if os.path.isdir(path):
+        _fail(f"config file {path!r} is a directory; pass a Python file with get_config(), "
+              "e.g. --config=experiments/default.py")
+    if not os.path.isfile(path):
+        _fail(f"config file {path!r} not found; pass --config=experiments/<name>.py")
+
+
+def _returned_type(path: str, variant: str) -> str | None:
+    """What ``get_config`` of ``path`` returns when it is not a ConfigDict (else None)."""
+    try:
+        spec = importlib.util.spec_from_file_location("_config_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*([variant] if variant else []))
+    except Exception:  # noqa: BLE001 -- the file's own failure is reported as it is
+        return None
+    return None if isinstance(config, ml_collections.ConfigDict) else type(config).__name__
+
+
+def _not_a_config(path: str, returned: str) -> str:
+    return (f"get_config() in {path!r} returned a {returned}, not an ml_collections.ConfigDict; "
+            "return cnnjax.config.defaults() with your changes")
+
+
+def _config_failure(config_arg: str, text: str) -> str:
+    """One line for a config file that raised: its exception's last line (ml_collections
+    hands over the whole traceback as text)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "unknown error"
+    if re.search(r"has no attribute '?get_config'?", last):
+        return (f"config file {config_arg!r} has no get_config(); define get_config() returning "
+                "an ml_collections.ConfigDict, as experiments/default.py does")
+    return f"config file {config_arg!r} failed to load: {last}"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     # A malformed flag value is one line and exit status 2, like every other bad input.
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        _fail(f"{e}; see --helpfull")
+        text = str(e)
+        if (m := re.match(r"flag --config=(.*?): Error whilst parsing config file", text)):
+            _fail(_config_failure(m.group(1), text))
+        _fail(f"{text.splitlines()[0]}; see --helpfull")
+    except Exception as e:  # only --config runs code while flags are parsed: that file raised
+        if "--verbose" in argv:
+            raise
+        given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+        path, _, variant = (given[-1] if given else DEFAULT_CONFIG).partition(":")
+        _check_config_path(path)
+        if returned := _returned_type(path, variant):  # overrides met a dict, say
+            _fail(_not_a_config(path, returned))
+        _fail(_config_failure(given[-1] if given else DEFAULT_CONFIG, f"{type(e).__name__}: {e}"))
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
 from typing import Any
 
 import ml_collections
@@ -20,6 +22,7 @@ from cnnjax.errors import ConfigError
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+LOADERS = ("auto", "memory", "streaming")
 SCHEDULES = ("constant", "cosine", "piecewise")
 BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "")
 NAN_POLICIES = ("stop", "skip")
@@ -203,18 +206,83 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _validate_data(data: dict[str, Any]) -> None:
-    from cnnjax.data import LOADERS
+# The range of every number a run reads: (test, what the value must be). Checked after types
+# (`_check_keys`) and for being finite, so that nothing out of range reaches a compile.
+MAX_IMAGE_SIZE = 4096
+MAX_WORKERS = 256
+RANGES: dict[str, tuple[Any, str]] = {
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "optimizer.learning_rate": (lambda v: v > 0, "> 0"),
+    "optimizer.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.eps": (lambda v: v > 0, "> 0"),
+    "optimizer.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optimizer.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "optimizer.decay_factor": (lambda v: v >= 0, ">= 0"),
+    "optimizer.grad_clip_norm": (lambda v: v >= 0, ">= 0 (0 disables it)"),
+    "optimizer.backbone_lr_scale": (lambda v: v >= 0, ">= 0"),
+    "train.num_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.num_steps": (lambda v: v == -1 or v > 0, "> 0, or -1 to count in num_epochs"),
+    "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.log_every_steps": (lambda v: v > 0, "> 0"),
+    "train.eval_every_steps": (lambda v: v >= -1,
+                               "> 0, or -1 (every epoch), or 0 (only at the end)"),
+    "train.checkpoint_every_steps": (lambda v: v > 0, "> 0"),
+    "train.keep_checkpoints": (lambda v: v > 0, "> 0"),
+    "data.batch_size": (lambda v: v > 0, "> 0"),
+    "data.eval_batch_size": (lambda v: v > 0, "> 0"),
+    "data.crop_padding": (lambda v: v >= 0, ">= 0"),
+    "data.mixup_alpha": (lambda v: v >= 0, ">= 0 (0 disables it)"),
+    "data.cutmix_alpha": (lambda v: v >= 0, ">= 0 (0 disables it)"),
+    "data.image_size": (lambda v: 0 <= v <= MAX_IMAGE_SIZE,
+                        f"in [0, {MAX_IMAGE_SIZE}] (0 = the dataset's)"),
+    "data.max_memory_mb": (lambda v: v > 0, "> 0"),
+    "data.workers": (lambda v: 0 <= v <= MAX_WORKERS, f"in [0, {MAX_WORKERS}]"),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer.name": OPTIMIZERS,
+    "optimizer.schedule": SCHEDULES,
+    "train.nan_policy": NAN_POLICIES,
+    "train.best_metric": BEST_METRICS,
+    "train.best_mode": ("max", "min"),
+    "data.loader": LOADERS,
+}
+_CHOICE_WORDS = {"optimizer.name": "optimizer", "optimizer.schedule": "schedule"}
 
-    _require(data["loader"] in LOADERS,
-             f"unknown data.loader {data['loader']!r}; choose one of: {', '.join(LOADERS)}")
-    for key in ("mixup_alpha", "cutmix_alpha"):
-        _require(data[key] >= 0, f"data.{key} must be >= 0 (0 disables it), got {data[key]}")
-    _require(data["image_size"] >= 0,
-             f"data.image_size must be >= 0 (0 = the dataset's), got {data['image_size']}")
-    _require(data["max_memory_mb"] > 0,
-             f"data.max_memory_mb must be > 0, got {data['max_memory_mb']}")
-    _require(data["workers"] >= 0, f"data.workers must be >= 0, got {data['workers']}")
+
+def _check_values(flat: dict[str, Any]) -> None:
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if key in RANGES and not RANGES[key][0](value):
+            raise ConfigError(f"{key} must be {RANGES[key][1]}, got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            name = _CHOICE_WORDS.get(key, key)
+            raise ConfigError(f"unknown {name} {value!r}; choose one of: "
+                              + ", ".join(map(repr if "" in CHOICES[key] else str, CHOICES[key])))
+    boundaries = flat["optimizer.boundaries_epochs"]
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+               and b >= 0 for b in boundaries) or list(boundaries) != sorted(boundaries):
+        raise ConfigError(
+            "optimizer.boundaries_epochs must be epochs >= 0 in increasing order, e.g. "
+            f"(30,60,80), got {tuple(boundaries)!r}")
+    for key in ("optimizer.head", "init.exclude"):
+        try:
+            re.compile(flat[key])
+        except re.error as e:
+            raise ConfigError(f"{key}={flat[key]!r} is not a regular expression ({e})") from None
+    metric, mode = flat["train.best_metric"], flat["train.best_mode"]
+    if metric and (mode == "max") != (metric != "eval_loss"):
+        better = "min" if metric == "eval_loss" else "max"
+        raise ConfigError(f"train.best_metric={metric!r} with train.best_mode={mode!r} keeps "
+                          f"the worst checkpoint; pass --config.train.best_mode={better}")
+    if flat["train.num_steps"] == -1 and flat["train.num_epochs"] == 0:
+        raise ConfigError("train.num_epochs=0 trains for no step; pass "
+                          "--config.train.num_epochs > 0 (or --config.train.num_steps > 0)")
+
+
+def _validate_data(data: dict[str, Any]) -> None:
     kind, sep, path = data["name"].partition(":")
     _require(not (sep and kind in ("npz", "folder")) or bool(path.strip()),
              f"data.name={data['name']!r} needs a path: {kind}:/path/to/data")
@@ -231,39 +299,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     name = model.pop("name", None)
     try:
         models.check_kwargs(name, model)
+        models.check_fields(name, model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-    o, t, data = d["optimizer"], d["train"], d["data"]
-    _require(o["name"] in OPTIMIZERS,
-             f"unknown optimizer {o['name']!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    _require(o["schedule"] in SCHEDULES,
-             f"unknown schedule {o['schedule']!r}; choose one of: {', '.join(SCHEDULES)}")
-    _require(o["learning_rate"] > 0,
-             f"optimizer.learning_rate must be > 0, got {o['learning_rate']}")
-    _require(o["weight_decay"] >= 0,
-             f"optimizer.weight_decay must be >= 0, got {o['weight_decay']}")
-    _require(o["warmup_epochs"] >= 0,
-             f"optimizer.warmup_epochs must be >= 0, got {o['warmup_epochs']}")
-    _require(o["grad_clip_norm"] >= 0,
-             f"optimizer.grad_clip_norm must be >= 0 (0 disables it), got {o['grad_clip_norm']}")
-    _require(o["backbone_lr_scale"] >= 0,
-             f"optimizer.backbone_lr_scale must be >= 0, got {o['backbone_lr_scale']}")
-    _require(0 <= t["label_smoothing"] < 1,
-             f"train.label_smoothing must be in [0, 1), got {t['label_smoothing']}")
-    _require(t["nan_policy"] in NAN_POLICIES,
-             f"unknown train.nan_policy {t['nan_policy']!r}; choose one of: "
-             f"{', '.join(NAN_POLICIES)}")
-    _require(t["num_epochs"] >= 0, f"train.num_epochs must be >= 0, got {t['num_epochs']}")
-    _require(t["best_metric"] in BEST_METRICS,
-             f"unknown train.best_metric {t['best_metric']!r}; choose one of: "
-             f"{', '.join(map(repr, BEST_METRICS))}")
-    _require(t["best_mode"] in ("max", "min"),
-             f"train.best_mode must be 'max' or 'min', got {t['best_mode']!r}")
-    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-        _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
-    _require(data["crop_padding"] >= 0,
-             f"data.crop_padding must be >= 0, got {data['crop_padding']}")
+    _check_values({k: v for k, v in _flat(d).items() if not k.startswith("model.")})
+    data = d["data"]
     _validate_data(data)
     for key in ("batch_size", "eval_batch_size"):
         _require(data[key] > 0, f"data.{key} must be > 0, got {data[key]}")

@@ -6,6 +6,8 @@ message names the value at fault and the fix.
 
 from __future__ import annotations
 
+import sys
+
 
 class ConfigError(ValueError):
     """A config value, flag, file or workdir that cannot work; raised before any work."""
@@ -13,3 +15,8 @@ class ConfigError(ValueError):
 
 class WorkdirLocked(ConfigError):
     """Another launch holds the workdir (``checkpoint.WorkdirLock``)."""
+
+
+def warn(message: str) -> None:
+    """A problem cnnjax works around (a skipped corrupt image, say): one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -34,6 +34,7 @@ from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
 from cnnjax.checkpoint import Checkpointer
+from cnnjax.data.local import read_npz
 
 BEST_DIR = "best_checkpoint"
 
@@ -267,9 +268,26 @@ def load_inputs(spec: str, image_shape: Sequence[int]) -> tuple[list[str], np.nd
     for p in paths:
         if not os.path.isfile(p):
             raise config_lib.ConfigError(f"input file {p!r} not found")
-    if len(paths) == 1 and paths[0].endswith(".npz"):
-        with np.load(paths[0]) as npz:
-            images = npz["images"] if "images" in npz else npz[npz.files[0]]
+    npz = [p for p in paths if p.endswith(".npz")]
+    if npz and len(paths) > 1:
+        raise config_lib.ConfigError(
+            f"--inputs mixes an .npz ({npz[0]}) with other files; pass image files, or one .npz")
+    if npz:
+        arrays = read_npz(paths[0])
+        if not arrays:
+            raise config_lib.ConfigError(f"{paths[0]} holds no array; expected images "
+                                         "[n, h, w(, c)] in 0..255")
+        images = arrays["images"] if "images" in arrays else next(iter(arrays.values()))
+        if images.ndim not in (3, 4) or not len(images) or not (
+                np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype,
+                                                                        np.floating)):
+            raise config_lib.ConfigError(
+                f"{paths[0]} holds {images.dtype} images of shape {images.shape}; expected "
+                "[n, h, w(, c)] numbers in 0..255")
+        if not (np.all(np.isfinite(images)) and images.min() >= 0 and images.max() <= 255):
+            raise config_lib.ConfigError(
+                f"{paths[0]} holds values outside 0..255 (from {images.min()} to "
+                f"{images.max()}); scale the images to 0..255")
         if images.ndim == 3:
             images = images[..., None]
         if images.shape[1:] != (h, w, c):
@@ -277,16 +295,22 @@ def load_inputs(spec: str, image_shape: Sequence[int]) -> tuple[list[str], np.nd
                 f"{paths[0]} holds images of shape {images.shape[1:]}; the model takes "
                 f"{(h, w, c)}")
         names = [f"{paths[0]}[{i}]" for i in range(len(images))]
-        return names, np.clip(images, 0, 255).astype(np.uint8)
+        return names, images.astype(np.uint8)
     from PIL import Image
 
     images = []
     for p in paths:
-        with Image.open(p) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            images.append(np.asarray(im, np.uint8).reshape(h, w, c))
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if c == 1 else "RGB")
+                if im.size != (w, h):
+                    im = im.resize((w, h), Image.Resampling.BILINEAR)
+                images.append(np.asarray(im, np.uint8).reshape(h, w, c))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise config_lib.ConfigError(
+                f"input {p} is not an image PIL can read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); pass image files (.png, "
+                ".jpg, ...) or one .npz") from None
     return paths, np.stack(images)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -139,6 +140,48 @@ def check_input_shape(model, info: data_lib.DatasetInfo, model_name: str) -> Non
         ) from None
 
 
+def check_against_data(config: ml_collections.ConfigDict, data: data_lib.Data,
+                       total_steps: int) -> None:
+    """The config values whose range depends on the data, checked before any compile."""
+    info, spe = data.info, data.train.steps_per_epoch
+    h, w, _ = info.image_shape
+    if info.num_classes < 2:
+        raise config_lib.ConfigError(
+            f"{info.name} has a single class (label 0): a classifier needs two or more")
+    if config.data.crop_padding > min(h, w):
+        raise config_lib.ConfigError(
+            f"data.crop_padding={config.data.crop_padding} is larger than the {h}x{w} images "
+            f"of {info.name}; pass at most --config.data.crop_padding={min(h, w)}")
+    warmup = int(round(config.optimizer.warmup_epochs * spe))
+    if warmup > total_steps:
+        raise config_lib.ConfigError(
+            f"optimizer.warmup_epochs={config.optimizer.warmup_epochs} is longer than the run "
+            f"({total_steps / spe:.4g} epochs); pass at most "
+            f"--config.optimizer.warmup_epochs={total_steps / spe:.4g}")
+    limit = config.data.max_memory_mb * 2**20
+    for key in ("batch_size", "eval_batch_size"):
+        size = config.data[key] * h * w * info.image_shape[2]  # uint8 pixels on the host
+        if size > limit:
+            raise config_lib.ConfigError(
+                f"data.{key}={config.data[key]} makes each batch {size / 2**30:.1f} GiB of "
+                f"images, over data.max_memory_mb={config.data.max_memory_mb}; pass a smaller "
+                f"--config.data.{key}")
+
+
+def check_head(config: ml_collections.ConfigDict, params: Any) -> None:
+    """A frozen or slower backbone needs ``optimizer.head`` to name some parameters."""
+    o = config.optimizer
+    if not o.freeze_backbone and o.backbone_lr_scale == 1.0:
+        return
+    paths = ["/".join(str(getattr(k, "key", k)) for k in path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    if not any(re.search(o.head, p) for p in paths):
+        tops = sorted({p.split("/")[0] for p in paths})
+        raise config_lib.ConfigError(
+            f"optimizer.head={o.head!r} matches no parameter of {config.model.name} (its "
+            f"layers: {', '.join(tops)}); pass a regex of the classifier's parameter paths")
+
+
 def _eval(eval_step, state, data: data_lib.Data, batch_size: int, mesh) -> dict[str, float]:
     totals = None
     for local in data.eval_batches(batch_size):
@@ -242,19 +285,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | 
     info, loader = data.info, data.train
     spe = loader.steps_per_epoch
     t = config.train
-    if spe == 0:
-        devices = jax.device_count()
-        fix = (f"pass --config.data.batch_size={data.num_train // devices * devices} or less"
-               if data.num_train >= devices else f"use at least {devices} training examples")
-        raise config_lib.ConfigError(
-            f"{info.name} has {data.num_train} training examples, fewer than one batch "
-            f"(data.batch_size={config.data.batch_size}); {fix}")
     total_steps = t.num_steps if t.num_steps >= 0 else int(round(t.num_epochs * spe))
     if total_steps == 0:
         raise config_lib.ConfigError(
             f"train.num_epochs={t.num_epochs} is {t.num_epochs * spe:.2g} of the {spe} steps of an "
             "epoch, which rounds to no step; train for longer")
     eval_every = {-1: spe, 0: total_steps}.get(t.eval_every_steps, t.eval_every_steps)
+    check_against_data(config, data, total_steps)
 
     # Model, optimizer, state: replicated over a 1-D mesh of every device.
     mesh = parallel.make_mesh()
@@ -266,6 +303,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | 
     schedule = optim.make_schedule(config.optimizer, spe, total_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
     state = steps.init_state(model, tx, config.seed, info.image_shape, mesh)
+    check_head(config, state.params)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)

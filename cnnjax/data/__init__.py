@@ -19,13 +19,13 @@ processes (see ``streaming``); ``auto`` takes ``memory`` when the decoded splits
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
 
+from cnnjax.config import LOADERS
 from cnnjax.data.loader import InMemoryLoader, eval_batches
 from cnnjax.data.sources import (
     BUILTIN,
@@ -37,14 +37,13 @@ from cnnjax.data.sources import (
     resolve_data_dir,
 )
 from cnnjax.data.transforms import Framing
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, warn
 
 __all__ = [
     "CorruptImageError", "Data", "DataNotPreparedError", "DatasetInfo", "InMemoryLoader",
     "LOADERS", "Split", "build", "describe", "eval_batches", "load", "names",
 ]
 
-LOADERS = ("auto", "memory", "streaming")
 STATS_SAMPLE = 2048  # training images that normalisation statistics are measured on
 
 
@@ -186,7 +185,7 @@ def load_arrays(records, framing: Framing, skip_corrupt: bool = False) -> Split:
         except CorruptImageError as e:
             if not skip_corrupt:
                 raise
-            warnings.warn(f"skipping {e}", stacklevel=2)
+            warn(f"skipping {e}")
             return None
         return framing.eval(record["image"]), record["label"]
 

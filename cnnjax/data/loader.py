@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from cnnjax.errors import ConfigError
+
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of epoch ``epoch``: a permutation of ``range(n)`` fixed by (seed, epoch)."""
@@ -35,9 +37,9 @@ class InMemoryLoader:
         process_count: int = 1,
     ):
         if global_batch_size > len(labels):
-            raise ValueError(
-                f"batch size {global_batch_size} is larger than the {len(labels)} training "
-                "examples; lower --config.data.batch_size"
+            raise ConfigError(
+                f"data.batch_size={global_batch_size} is larger than the {len(labels)} "
+                "training examples; pass a smaller --config.data.batch_size, or use more data"
             )
         self.images, self.labels = images, labels
         self.global_batch_size = global_batch_size

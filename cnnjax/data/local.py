@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from cnnjax.data import catalog
 from cnnjax.data.sources import ArrayRecords, CorruptImageError, Source
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, warn
 
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0
@@ -58,8 +58,7 @@ def open_npz(path: str, *, skip_corrupt: bool = False, name: str = "") -> Source
     name = name or f"npz:{path}"
     if not os.path.isfile(path):
         raise ConfigError(f"npz file {path} not found (from --config.data.name={name})")
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = read_npz(path)
     for key in ("images", "labels"):
         if key not in arrays:
             raise ConfigError(
@@ -90,6 +89,22 @@ def open_npz(path: str, *, skip_corrupt: bool = False, name: str = "") -> Source
         eval=ArrayRecords(test_images, test_labels, f"{name}:test"),
         num_classes=num_classes, native_shape=shape, channels=shape[-1], spec=_spec(shape),
     )
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file at ``path``; ``ConfigError`` for anything else (a file
+    of another kind, a damaged archive, object arrays, which would need pickle)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with loaded as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"{path} is not a readable .npz of arrays ({reason}); write one with "
+            "np.savez(path, images=..., labels=...)") from None
 
 
 def _checked(path: str, images: np.ndarray, labels: np.ndarray, prefix: str):
@@ -188,7 +203,7 @@ def _scan(paths: list[str], labels: np.ndarray, skip_corrupt: bool):
                     f"{message}; remove or replace it, or set "
                     "--config.data.skip_corrupt=True to skip it"
                 )
-            warnings.warn(f"skipping {message}", stacklevel=3)
+            warn(f"skipping {message}")
     kept = [p for p, k in zip(paths, ok, strict=True) if k]
     return kept, labels[ok], [h for h in headers if not isinstance(h, Exception)]
 

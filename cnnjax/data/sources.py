@@ -126,6 +126,15 @@ def prepare_builtin(name: str, data_dir: str) -> None:
     import tensorflow_datasets as tfds
 
     importlib.import_module(BUILTIN[name])
+    try:
+        _prepare_quietly(tfds, name, data_dir)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot prepare {name} in {data_dir} ({e.strerror or e}); pass a writable "
+            "--config.data.data_dir (or set $TFDS_DATA_DIR)") from None
+
+
+def _prepare_quietly(tfds, name: str, data_dir: str) -> None:
     with _quiet():
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
         if builder.is_prepared():
@@ -163,6 +172,11 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
             "(https://www.tensorflow.org/datasets/catalog); for your own images use "
             "--config.data.name=npz:/path/file.npz or folder:/path/dir"
         ) from None
+    except Exception as e:  # noqa: BLE001 -- a malformed name/config/version: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"data.name={name!r} cannot be opened by TFDS ({first[:200]}); "
+                          "give a dataset name such as mnist or cifar10, optionally with "
+                          "/config and :version") from None
     info = builder.info
     image_key, label_key = _supervised_keys(name, info)
     image_shape = tuple(info.features[image_key].shape)

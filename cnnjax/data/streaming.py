@@ -77,9 +77,9 @@ class StreamingLoader:
         shard_size = len(records) // process_count
         self.local_batch_size = global_batch_size // process_count
         if self.local_batch_size > shard_size:
-            raise ValueError(
-                f"batch size {global_batch_size} is larger than the {len(records)} training "
-                "examples; lower --config.data.batch_size"
+            raise ConfigError(
+                f"data.batch_size={global_batch_size} is larger than the {len(records)} "
+                "training examples; pass a smaller --config.data.batch_size, or use more data"
             )
         self.steps_per_epoch = len(records) // global_batch_size
         self.workers = workers

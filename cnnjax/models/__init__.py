@@ -90,6 +90,69 @@ def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
             )
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+ACTIVATIONS = ("relu", "gelu", "silu", "swish", "tanh", "sigmoid", "elu", "selu", "celu",
+               "leaky_relu", "softplus", "hard_swish", "hard_tanh", "relu6")
+
+
+def _positive_ints(v: Any, empty: bool = False) -> bool:
+    return (isinstance(v, (tuple, list)) and (empty or len(v) > 0)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _padding(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.upper() in ("SAME", "VALID")
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v >= 0
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(
+        _padding(p) and not isinstance(p, str) for p in v)
+
+
+# The range of a model field, by name, whichever model has it: (test, what it must be).
+FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "features": (_positive_ints, "a non-empty tuple of positive widths, e.g. (32,64)"),
+    "stage_sizes": (_positive_ints, "a non-empty tuple of positive block counts, e.g. (2,2,2,2)"),
+    "hidden": (lambda v: _positive_ints(v, empty=True), "a tuple of positive widths"),
+    "dense": (lambda v: _positive_ints(v, empty=True), "a tuple of positive widths"),
+    "kernel_size": (_positive_int, "a positive integer"),
+    "strides": (_positive_int, "a positive integer"),
+    "pool_window": (_positive_int, "a positive integer"),
+    "pool_every": (_positive_int, "a positive integer"),
+    "depth": (_positive_int, "a positive integer"),
+    "widen_factor": (_positive_int, "a positive integer"),
+    "dropout": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)"),
+    "dtype": (lambda v: str(v) in DTYPES or getattr(v, "__name__", None) in DTYPES,
+              f"one of {', '.join(DTYPES)}"),
+    "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    "pool": (lambda v: v in ("max", "avg", "none"), "'max', 'avg' or 'none'"),
+    "padding": (_padding, "'SAME', 'VALID', pixels per side, or ((top,bottom),(left,right))"),
+    "ops": (lambda v: v in ("lax", "scratch"), "'lax' or 'scratch'"),
+    "block": (lambda v: v in ("basic", "bottleneck"), "'basic' or 'bottleneck'"),
+    "shortcut": (lambda v: v in ("A", "B"), "'A' or 'B'"),
+}
+
+
+def check_fields(name: str, fields: dict[str, Any]) -> None:
+    """Raises a one-line ValueError for a field of model ``name`` out of its range.
+
+    Every field is checked by ``FIELD_RULES``; a module class may add its own rules (the
+    depths a CIFAR ResNet can have, say) as a classmethod ``check_fields(fields)`` that gets
+    every field, defaults filled in.
+    """
+    for key, value in fields.items():
+        if key in FIELD_RULES and not FIELD_RULES[key][0](value):
+            raise ValueError(f"model.{key} of {name!r} must be {FIELD_RULES[key][1]}, "
+                             f"got {value!r}")
+    cls = _module_class(get_constructor(name))
+    if hasattr(cls, "check_fields"):
+        cls.check_fields({**model_fields(name), **fields})
+
+
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Builds the module registered as ``name`` with the given fields."""
     ctor = get_constructor(name)

@@ -111,6 +111,12 @@ class CifarResNet(_Layers, nn.Module):
     axis_name: str | None = None
     materialize_on_cpu: bool = True
 
+    @classmethod
+    def check_fields(cls, fields: dict[str, Any]) -> None:
+        if (fields["depth"] - 2) % 6 or fields["depth"] < 8:
+            raise ValueError(f"model.depth of a CIFAR ResNet must be 6n + 2 (20, 32, 44, 56, "
+                             f"110, ...), got {fields['depth']}")
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         if (self.depth - 2) % 6:
@@ -234,6 +240,12 @@ class WideResNet(_Layers, nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
+
+    @classmethod
+    def check_fields(cls, fields: dict[str, Any]) -> None:
+        if (fields["depth"] - 4) % 6 or fields["depth"] < 10:
+            raise ValueError(f"model.depth of a Wide ResNet must be 6n + 4 (16, 22, 28, 40, "
+                             f"...), got {fields['depth']}")
 
     @nn.compact
     def __call__(self, x, train: bool = False):
