@@ -156,7 +156,7 @@ def _sweep_points(config):
     from cnnjax import sweep
 
     path = flags.FLAGS["config"].config_filename.partition(":")[0]
-    points = sweep.parse_spec(_SWEEP.value) if _SWEEP.value else None
+    points = sweep.parse_spec(_SWEEP.value) if _SWEEP.value is not None else None
     points = sweep.grid(points) if points else sweep.from_config_file(path)
     if points is None:
         if _SWEEP_INDEX.value is not None:
@@ -247,6 +247,10 @@ def main(argv: list[str]) -> int:
         logging.set_verbosity(logging.ERROR)
         warnings.filterwarnings("ignore")
         warnings.filterwarnings("default", module=r"cnnjax\b")
+        # Inherited by multiprocessing's resource tracker, which would otherwise report the
+        # loader workers' shared memory it frees after a stop.
+        os.environ.setdefault("PYTHONWARNINGS",
+                              "ignore::UserWarning:multiprocessing.resource_tracker")
     config = _load_config()
     from cnnjax import parallel, train
     from cnnjax.config import ConfigError
@@ -273,6 +277,11 @@ def main(argv: list[str]) -> int:
         if _VERBOSE.value:
             raise
         _fail(str(e))
+    except OSError as e:  # a path of the workdir or the data that is not what it should be
+        if _VERBOSE.value or not e.filename:
+            raise
+        _fail(f"cannot use {e.filename} ({e.strerror}); make it the file or folder cnnjax "
+              "expects there, writable, or pass another path")
     except train.Preempted as e:
         print(e, file=sys.stderr, flush=True)
         return EXIT_PREEMPTED

@@ -133,7 +133,13 @@ def load_run(workdir: str, which: str = "latest") -> Run:
     """Restores checkpoint ``which`` of ``workdir`` with the config it was trained with."""
     workdir = os.path.abspath(workdir)
     directory, step = resolve_checkpoint(workdir, which)
-    state, progress = checkpoint.read_step(directory, step)
+    try:
+        state, progress = checkpoint.read_step(directory, step)
+    except Exception as e:  # noqa: BLE001 -- files missing or damaged: one line naming it
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise config_lib.ConfigError(
+            f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {reason}); "
+            f"choose another with --checkpoint=STEP (there are: {_steps(directory)})") from None
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]

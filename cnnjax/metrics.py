@@ -53,7 +53,7 @@ class JsonlWriter:
     def __init__(self, path: str, resume_step: int = 0):
         self.path = path
         if os.path.exists(path):
-            with open(path) as f:
+            with open(path, errors="replace") as f:
                 kept = [line for line in f if _step_of(line) <= resume_step]
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
@@ -68,14 +68,24 @@ class JsonlWriter:
 def _step_of(line: str) -> float:
     """The step of a metrics line; a line cut short by a crash counts as not written."""
     try:
-        return json.loads(line)["step"] if line.endswith("\n") else float("inf")
-    except (ValueError, KeyError):
+        record = json.loads(line) if line.endswith("\n") else None
+        return float(record["step"]) if isinstance(record, dict) else float("inf")
+    except (ValueError, KeyError, TypeError):
         return float("inf")
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a metrics file (a line that is not one, torn or damaged, is skipped)."""
+    records = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 class RunWriter:

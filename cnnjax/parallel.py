@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -123,6 +124,12 @@ def initialize_distributed(
             "multi-host runs need all of --coordinator_address, --num_processes and "
             "--process_id (or none, to auto-detect SLURM / Cloud TPU)"
         )
+    if explicit and not re.fullmatch(r"\[?[^\s\[\]]+\]?:\d{1,5}", coordinator_address):
+        raise ValueError(
+            f"--coordinator_address={coordinator_address!r} must be host:port of process 0, "
+            "e.g. localhost:12355")
+    if explicit and num_processes < 1:
+        raise ValueError(f"--num_processes={num_processes} must be >= 1")
     if explicit and not 0 <= process_id < num_processes:
         raise ValueError(
             f"--process_id={process_id} is out of range for --num_processes={num_processes}; "

@@ -25,6 +25,7 @@ This module imports the standard library only, so that it can be installed befor
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -95,6 +96,10 @@ def _exit(status: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    # Worker processes (the streaming loader's) would outlive an os._exit: end them first.
+    with contextlib.suppress(Exception):
+        for child in multiprocessing.active_children():
+            child.kill()
     os._exit(status)
 
 

@@ -27,18 +27,20 @@ import difflib
 import hashlib
 import importlib.util
 import itertools
-import json
 import os
 import re
 import shlex
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
 from cnnjax import config as config_lib
+from cnnjax import train
 from cnnjax.errors import WorkdirLocked
+from cnnjax.train import read_summary
 
 METRICS = ("test_accuracy", "test_top5_accuracy", "test_loss", "best_value")
 
@@ -70,7 +72,13 @@ def _split_values(text: str) -> list[str]:
 def parse_spec(spec: str) -> dict[str, list[str]]:
     """``'a.b=1,2 c=x'`` -> ``{"a.b": ["1", "2"], "c": ["x"]}`` (values still text)."""
     axes: dict[str, list[str]] = {}
-    for axis in shlex.split(spec):
+    try:
+        words = shlex.split(spec)
+    except ValueError as e:
+        raise config_lib.ConfigError(
+            f"--sweep={spec!r} cannot be split into axes ({e}); e.g. "
+            "--sweep='optimizer.learning_rate=0.1,0.05 seed=0,1'") from None
+    for axis in words:
         key, sep, values = axis.partition("=")
         if not sep or not key or not _split_values(values):
             raise config_lib.ConfigError(
@@ -225,16 +233,6 @@ def expand(config: ml_collections.ConfigDict, points: list[dict[str, Any]],
 # ------------------------------------------------------------------------------ running
 
 
-def read_summary(point_dir: str) -> dict[str, Any] | None:
-    """The point's ``summary.json`` (None if missing or unreadable: not finished)."""
-    try:
-        with open(os.path.join(point_dir, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
 def is_finished(point_dir: str) -> bool:
     summary = read_summary(point_dir)
     return bool(summary) and summary.get("step", -1) >= summary.get("total_steps", 0)
@@ -245,11 +243,7 @@ def run(
     train_fn: Callable[..., dict] | None = None, **train_kwargs: Any,
 ) -> None:
     """Trains every unfinished point (or only point ``index``), then writes the results."""
-    import jax
-
     if train_fn is None:
-        from cnnjax import train
-
         train_fn = train.run
     if index is not None and not 0 <= index < len(points):
         raise config_lib.ConfigError(

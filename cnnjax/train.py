@@ -152,12 +152,13 @@ def check_against_data(config: ml_collections.ConfigDict, data: data_lib.Data,
         raise config_lib.ConfigError(
             f"data.crop_padding={config.data.crop_padding} is larger than the {h}x{w} images "
             f"of {info.name}; pass at most --config.data.crop_padding={min(h, w)}")
-    warmup = int(round(config.optimizer.warmup_epochs * spe))
-    if warmup > total_steps:
-        raise config_lib.ConfigError(
-            f"optimizer.warmup_epochs={config.optimizer.warmup_epochs} is longer than the run "
-            f"({total_steps / spe:.4g} epochs); pass at most "
-            f"--config.optimizer.warmup_epochs={total_steps / spe:.4g}")
+    # The step counter, the schedules and the data position are int32 on device.
+    for what, steps in (("the run", total_steps),
+                        ("optimizer.warmup_epochs", config.optimizer.warmup_epochs * spe)):
+        if steps >= 2**31:
+            raise config_lib.ConfigError(
+                f"{what} is {steps:.3g} steps of {spe} per epoch, more than the step counter "
+                f"holds (2**31); train for fewer steps")
     limit = config.data.max_memory_mb * 2**20
     for key in ("batch_size", "eval_batch_size"):
         size = config.data[key] * h * w * info.image_shape[2]  # uint8 pixels on the host

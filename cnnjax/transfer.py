@@ -45,6 +45,10 @@ def check_source(path: str) -> None:
         return
     if not os.path.isdir(full) or not any(
             os.path.exists(os.path.join(full, m)) for m in _ORBAX_MARKERS):
+        for up in (os.path.dirname(full), os.path.dirname(os.path.dirname(full))):
+            if os.path.isdir(os.path.join(up, "checkpoints")) and up != full:
+                raise ConfigError(f"init.checkpoint {full} is inside the workdir {up}; pass "
+                                  f"--config.init.checkpoint={up} (its newest checkpoint)")
         raise ConfigError(f"init.checkpoint {full} is neither converted weights nor a "
                           f"workdir; {_SOURCES}")
 

@@ -195,8 +195,11 @@ CASES = [
     ("empty_folder", ["--config.data.name=folder:{F}/empty_folder"], "error: "),
     ("crop_larger_than_images", ["--config.data.crop_padding=9"],
      "error: data.crop_padding=9 is larger than the 8x8 images of digits"),
-    ("warmup_longer_than_run", ["--config.optimizer.warmup_epochs=5"],
-     "error: optimizer.warmup_epochs=5.0 is longer than the run"),
+    ("warmup_beyond_the_step_counter", ["--config.optimizer.warmup_epochs=1e9"],
+     "error: optimizer.warmup_epochs is 4.2e+10 steps of 42 per epoch, more than the step "
+     "counter holds"),
+    ("steps_beyond_the_step_counter", ["--config.train.num_steps=99999999999"],
+     "error: the run is 1e+11 steps of 42 per epoch, more than the step counter holds"),
     ("eval_batch_over_memory", ["--config.data.eval_batch_size=1000000000"],
      "error: data.eval_batch_size=1000000000 makes each batch 59.6 GiB of images"),
     ("init_missing", ["--config.init.checkpoint={F}/nope"],

@@ -3,6 +3,7 @@ import pytest
 
 from cnnjax import data
 from cnnjax.data.builders import digits
+from cnnjax.errors import ConfigError
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint(data_dir):
@@ -56,5 +57,6 @@ def test_eval_batches_pad_and_mask_the_last_batch():
 
 
 def test_batch_larger_than_the_dataset_is_a_clear_error():
-    with pytest.raises(ValueError, match="batch size 32 is larger than the 10 training examples"):
+    with pytest.raises(ConfigError,
+                       match="data.batch_size=32 is larger than the 10 training examples"):
         data.InMemoryLoader(np.zeros((10, 1, 1, 1), np.uint8), np.zeros(10, np.int32), 32, 0)

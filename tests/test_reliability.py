@@ -115,6 +115,7 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tmp_path, data_dir
                 fh.truncate(os.path.getsize(f) // 2)
         else:
             os.remove(f)
+    os.remove(os.path.join(workdir, "summary.json"))  # as if killed before its summary
     result = drive(workdir, data_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"warning: checkpoint {newest} is unreadable" in result.stdout

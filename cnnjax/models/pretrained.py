@@ -177,8 +177,10 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean "not a state_dict"
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot read {path} as a PyTorch state_dict: {first_line}") from e
+        raise ValueError(
+            f"cannot read {path} as a PyTorch state_dict of tensors ({type(e).__name__}); "
+            "pass the .pth file torchvision saves (torch.save(model.state_dict(), path))"
+        ) from e
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
