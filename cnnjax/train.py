@@ -153,12 +153,12 @@ def check_against_data(config: ml_collections.ConfigDict, data: data_lib.Data,
             f"data.crop_padding={config.data.crop_padding} is larger than the {h}x{w} images "
             f"of {info.name}; pass at most --config.data.crop_padding={min(h, w)}")
     # The step counter, the schedules and the data position are int32 on device.
-    for what, steps in (("the run", total_steps),
+    for what, count in (("the run", total_steps),
                         ("optimizer.warmup_epochs", config.optimizer.warmup_epochs * spe)):
-        if steps >= 2**31:
+        if count >= 2**31:
             raise config_lib.ConfigError(
-                f"{what} is {steps:.3g} steps of {spe} per epoch, more than the step counter "
-                f"holds (2**31); train for fewer steps")
+                f"{what} is {count:.3g} steps of {spe} per epoch, more than the step counter "
+                "holds (2**31); train for fewer steps")
     limit = config.data.max_memory_mb * 2**20
     for key in ("batch_size", "eval_batch_size"):
         size = config.data[key] * h * w * info.image_shape[2]  # uint8 pixels on the host
