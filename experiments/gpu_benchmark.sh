@@ -30,16 +30,16 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit,dri
 torchvision.__version__)" || true
 
 echo "== 1. cold compile (empty compilation cache), in-memory loader, profile of 3 steps"
-timeout 240 "$PY" -m cnnjax.benchmark "${ARGS[@]}" --batch_size=$B --rounds=3 --steps=20 \
+timeout 240 "$PY" -m experiments.benchmarks.benchmark "${ARGS[@]}" --batch_size=$B --rounds=3 --steps=20 \
   --compilation_cache_dir="$CACHE" --profile_dir="$PROF" --json="$OUT/resnet50.json"
 find "$PROF" -name perfetto_trace.json.gz -exec cp {} "$OUT/resnet50_trace.json.gz" \;
 
 echo "== 2. second launch, step loaded from the compilation cache"
-timeout 120 "$PY" -m cnnjax.benchmark "${ARGS[@]}" --batch_size=$B --steps=10 --no_loader \
+timeout 120 "$PY" -m experiments.benchmarks.benchmark "${ARGS[@]}" --batch_size=$B --steps=10 --no_loader \
   --compilation_cache_dir="$CACHE" --json="$OUT/resnet50_cached.json"
 
 echo "== 3. same process, alternating rounds: cnnjax vs torchvision eager and torch.compile"
-timeout 300 "$PY" -m cnnjax.benchmark "${ARGS[@]}" --batch_size=$B --torch --rounds=3 \
+timeout 300 "$PY" -m experiments.benchmarks.benchmark "${ARGS[@]}" --batch_size=$B --torch --rounds=3 \
   --steps=20 --no_loader --compilation_cache_dir="$CACHE" --json="$OUT/resnet50_vs_torch.json"
 
 [ "${BENCH_VARIANTS:-1}" = 0 ] && exit 0
@@ -47,7 +47,7 @@ echo "== 4. variants (no torch, default XLA flags unless named)"
 variant() {  # name, timeout, then benchmark flags
   local name=$1 limit=$2; shift 2
   echo "-- $name"
-  timeout "$limit" "$PY" -m cnnjax.benchmark "${ARGS[@]}" --steps=20 --rounds=2 --no_loader \
+  timeout "$limit" "$PY" -m experiments.benchmarks.benchmark "${ARGS[@]}" --steps=20 --rounds=2 --no_loader \
     --json="$OUT/v.json" "$@" && "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); \
 j=r['jax']; print(json.dumps({'variant': sys.argv[2], 'images_per_s': j['images_per_s'], \
 'pipelined_images_per_s': j['pipelined_images_per_s'], 'compile_s': j['compile_s'], \

@@ -1,5 +1,6 @@
-"""cnnjax.benchmark: the real train step timed on tiny models, FLOPs against an analytic count,
-the PyTorch references' parameter counts, the JSON file, and the CPU compiler options."""
+"""experiments.benchmarks.benchmark: the real train step timed on tiny models, FLOPs against an
+analytic count, the PyTorch references' parameter counts, the JSON file, and the CPU compiler
+options."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cnnjax import benchmark, models, parallel
+from cnnjax import models, parallel
+from experiments.benchmarks import benchmark
 
 
 def _num_params(name: str, image_shape, **kwargs) -> int:
@@ -86,7 +88,7 @@ def test_default_peaks():
 ])
 def test_torch_reference_has_the_same_parameter_count(name, kwargs, image_shape):
     pytest.importorskip("torch")
-    from cnnjax import benchmark_torch
+    from experiments.benchmarks import benchmark_torch
 
     expected = _num_params(name, image_shape, **kwargs)
     h, _, c = image_shape

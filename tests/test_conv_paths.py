@@ -1,6 +1,6 @@
-"""cnnjax.conv_paths: every convolution formulation against lax.conv_general_dilated (values and
-both gradients), the convolutions read from a model against its parameters, the substitution
-inside a model, and the command on a tiny model."""
+"""experiments.benchmarks.conv_paths: every convolution formulation against
+lax.conv_general_dilated (values and both gradients), the convolutions read from a model
+against its parameters, the substitution inside a model, and the command on a tiny model."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cnnjax import conv_paths, models
+from cnnjax import models
+from experiments.benchmarks import conv_paths
 
 GEOMETRIES = [  # image shape, kernel shape, strides, explicit padding
     ((2, 6, 6, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1))),

@@ -1,4 +1,5 @@
-"""cnnjax.profiling.summarize on a hand-made trace in jax.profiler's Perfetto format."""
+"""experiments.benchmarks.profiling.summarize on a hand-made trace in jax.profiler's Perfetto
+format."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from cnnjax import profiling
+from experiments.benchmarks import profiling
 
 
 def _write(tmp_path, events):

@@ -31,7 +31,7 @@ def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
     :func:`cnnjax.models.layers.max_pool`: the gradient goes to the first maximum of each window
     (row-major), as select-and-scatter sends it, but with element-wise ops only: XLA:CPU expands
     select-and-scatter into full-size index arrays and a scatter, which took a third of the
-    digits CNN's training step (``python -m cnnjax.benchmark``).
+    digits CNN's training step (``python -m experiments.benchmarks.benchmark``).
     """
     return layers.max_pool(x, window)
 

@@ -1,20 +1,22 @@
 """Training-step throughput of any registered model on synthetic data, with a PyTorch reference.
 
-    python -m cnnjax.benchmark --model=cifar_resnet20 --batch_size=128 --image_size=32 \\
-        --channels=3 --num_classes=10 --dtype=float32 --steps=20 --torch --json=out.json
+    python -m experiments.benchmarks.benchmark --model=cifar_resnet20 --batch_size=128 \\
+        --image_size=32 --channels=3 --num_classes=10 --dtype=float32 --steps=20 --torch \\
+        --json=out.json
     # the default experiment's digits CNN (features (32, 64), BatchNorm, dense 128, 8x8x1):
-    python -m cnnjax.benchmark --model=cnn --model_kwargs='{"batch_norm": true}' \\
+    python -m experiments.benchmarks.benchmark --model=cnn --model_kwargs='{"batch_norm": true}' \\
         --image_size=8 --channels=1 --batch_size=32 --torch --torch_threads=2,1 --rounds=3
     # GPU (dtype auto = bfloat16; MFU against the device's dense bf16 peak, e.g. H100 989):
-    python -m cnnjax.benchmark --model=resnet50 --image_size=224 --num_classes=1000 \\
-        --batch_size=256 --torch --rounds=3 --json=h100_resnet50.json
+    python -m experiments.benchmarks.benchmark --model=resnet50 --image_size=224 \\
+        --num_classes=1000 --batch_size=256 --torch --rounds=3 --json=h100_resnet50.json
 
 Timed is the real training step: ``steps.make_train_step`` (per-device step under
 ``jax.shard_map`` in ``jax.jit``, state donated, ``parallel.compiler_options``) with SGD +
 momentum 0.9 + weight decay 5e-4 from ``optim``, over every local device, on a fixed synthetic
 uint8 batch. Lowering and compilation are timed apart; step times are individually synchronised
 steps after ``warmup``, reported as median and best. With ``--torch`` the PyTorch twin
-(:mod:`cnnjax.benchmark_torch`) runs in the same process, eager and ``torch.compile``d;
+(:mod:`experiments.benchmarks.benchmark_torch`) runs in the same process, eager and
+``torch.compile``d;
 ``--rounds`` alternates the frameworks so that a shared machine's changing load falls on all.
 FLOPs come from XLA's ``cost_analysis()`` of the lowered step (the program as written, per
 device, times the device count; the compiled GPU program's own analysis leaves out the cuDNN
@@ -26,8 +28,8 @@ image size.
 ``--compilation_cache_dir`` times a cached relaunch: run the command twice and read
 "first step ... after the process started" (imports, initialisation, tracing, loading the
 compiled step from JAX's cache, and one step). ``--profile_dir`` traces a few steps
-with ``jax.profiler`` and prints where the device time goes (:mod:`cnnjax.profiling`); the
-trace opens in Perfetto or TensorBoard.
+with ``jax.profiler`` and prints where the device time goes
+(:mod:`experiments.benchmarks.profiling`); the trace opens in Perfetto or TensorBoard.
 
 ``--dtype=auto`` computes in bfloat16 on GPU/TPU (parameters stay float32) and in float32 on
 CPU; torch then uses bf16 autocast and channels_last on GPU. ``--xla_flags`` appends to
@@ -42,12 +44,21 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from experiments.benchmarks.measure import (  # noqa: F401 -- also used as benchmark.X
+    LEARNING_RATE,
+    MOMENTUM,
+    WEIGHT_DECAY,
+    peak_rss_bytes,
+    reset_peak_rss,
+    seconds_since_process_start,
+    timing,
+)
 
 # Dense peak TFLOP/s per device by (device-kind substring, dtype); the first match wins.
 # "float32" on these GPUs means TF32 tensor cores, which XLA uses for f32 dots by default.
@@ -60,7 +71,6 @@ PEAK_TFLOPS = (
     ("TPU v5 lite", {"bfloat16": 197.0, "float32": 197.0}),
     ("TPU v5", {"bfloat16": 459.0, "float32": 459.0}),
 )
-WEIGHT_DECAY, MOMENTUM, LEARNING_RATE = 5e-4, 0.9, 0.1
 # XLA:CPU's own defaults, which cnnjax's `parallel.CPU_COMPILER_OPTIONS` replace (for A/B runs).
 XLA_CPU_DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
     f"LIBRARY_FUSION_TYPE_{t}" for t in ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION", "REDUCE"))}
@@ -72,35 +82,6 @@ def default_peak_tflops(device_kind: str, dtype: str) -> float | None:
         if key.lower() in device_kind.lower():
             return peaks.get(dtype)
     return None
-
-
-def timing(times: list[float]) -> dict[str, float]:
-    """Median and best of per-step seconds."""
-    return {"median_s": statistics.median(times), "best_s": min(times)}
-
-
-def reset_peak_rss() -> bool:
-    """Resets the kernel's peak-RSS mark of this process (Linux >= 4.0); False if impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """VmHWM of this process (the peak resident set since start or the last reset)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _device_peak(device) -> tuple[int, str]:
@@ -126,18 +107,6 @@ def _counting(event: str) -> Iterator[list[str]]:
         yield seen
     finally:
         jax.monitoring.unregister_event_listener(listener)
-
-
-def seconds_since_process_start() -> float | None:
-    """Wall seconds since this process started (Linux ``/proc``; None elsewhere)."""
-    try:
-        with open("/proc/self/stat") as f:  # field 22, after the parenthesised command name
-            start_ticks = int(f.read().rpartition(")")[2].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def resolve_dtype(dtype: str, platform_name: str) -> str:
@@ -311,7 +280,7 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
     XLA options instead, and ``speedup`` = its step time over cnnjax's); with ``torch``,
     ``torch`` (one entry per mode, a result or ``"n/a (reason)"``) and ``ratios`` (cnnjax
     images/s over torch's, from median and from best step times); with ``profile_dir``,
-    ``profile`` (:func:`cnnjax.profiling.summarize` of ``profile_steps`` traced steps).
+    ``profile`` (``profiling.summarize`` of ``profile_steps`` traced steps).
     """
     import jax
 
@@ -336,7 +305,7 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
     if baseline_options is not None:
         base, runners["jax_baseline"] = prepare_jax(*args, baseline_options)
     if torch:
-        from cnnjax import benchmark_torch
+        from experiments.benchmarks import benchmark_torch
 
         tinfo, torch_runners = benchmark_torch.prepare(
             *args, expected_params=j["num_params"], compile=torch_compile, threads=torch_threads)
@@ -354,7 +323,7 @@ def benchmark(model: str = "cnn", *, batch_size: int = 128, image_size: int = 32
         j["mfu"] = j["achieved_tflops"] / peak_tflops if peak_tflops else None
     result["jax"] = j
     if profile_dir:
-        from cnnjax import profiling
+        from experiments.benchmarks import profiling
 
         result["profile"] = profiling.trace_steps(
             lambda n: jax_step(n, sync=False), profile_steps, profile_dir)
@@ -448,14 +417,14 @@ def table(result: dict[str, Any]) -> str:
     width = max(len(k) for k, _ in rows)
     text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
     if "profile" in result:
-        from cnnjax import profiling
+        from experiments.benchmarks import profiling
 
         text += "\n" + profiling.table(result["profile"])
     return text
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The model and input flags of the benchmark commands (this one, :mod:`cnnjax.conv_paths`)."""
+    """The model and input flags of the benchmark commands (this one and ``conv_paths``)."""
     p.add_argument("--model", default="cifar_resnet20")
     p.add_argument("--model_kwargs", default="{}", help="JSON object of model fields")
     p.add_argument("--batch_size", type=int, default=128)

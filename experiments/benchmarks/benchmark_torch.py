@@ -1,4 +1,4 @@
-"""PyTorch references for :mod:`cnnjax.benchmark`: the same networks, timed the same way.
+"""PyTorch references for ``benchmark``: the same networks, timed the same way.
 
 ``resnet18..152`` are torchvision's own models; ``cnn`` (and ``lenet5``), ``cifar_resnet*`` and
 ``mlp`` are written here layer for layer from the cnnjax modules' fields, and
@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from cnnjax import models
-from cnnjax.benchmark import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, timing
+from experiments.benchmarks.measure import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, timing
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # cnnjax ResNet fields that change how, not what, the network computes.
@@ -166,7 +166,7 @@ def prepare(name: str, model_kwargs: dict[str, Any], batch_size: int,
         import torch.nn.functional as F
     except ImportError as e:
         return {"eager": f"n/a ({e})", "compile": f"n/a ({e})"}, {}
-    from cnnjax.benchmark import peak_rss_bytes, reset_peak_rss
+    from experiments.benchmarks.measure import peak_rss_bytes, reset_peak_rss
 
     h, w, c = image_shape
     try:

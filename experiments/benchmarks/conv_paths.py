@@ -1,7 +1,8 @@
 """Which formulation of a model's convolutions trains it fastest on this machine.
 
-    python -m cnnjax.conv_paths --model=cifar_resnet20 --batch_size=128 --torch
-    python -m cnnjax.conv_paths --model=preact_resnet18 --batch_size=64 --paths=xla,tap_dw
+    python -m experiments.benchmarks.conv_paths --model=cifar_resnet20 --batch_size=128 --torch
+    python -m experiments.benchmarks.conv_paths --model=preact_resnet18 --batch_size=64 \\
+        --paths=xla,tap_dw
 
 Two measurements, both on synthetic data:
 
@@ -10,7 +11,7 @@ Two measurements, both on synthetic data:
    kernel gradient, each a jitted program compiled as the step is, best of ``--repeats``
    after a warm-up; with ``--torch``, PyTorch's ``conv2d`` (its CPU default, NCHW) at the same
    shapes, each gradient timed as a backward pass alone. Totals weigh each shape by its count.
-2. **The training step.** :func:`cnnjax.benchmark.prepare_jax`'s real step, with every
+2. **The training step.** :func:`benchmark.prepare_jax`'s real step, with every
    ``nn.Conv`` of the model computed by each formulation in turn (``nn.intercept_methods``;
    the parameters and the function stay the same), rounds alternating between them.
 
@@ -316,7 +317,7 @@ def time_steps(paths: list[str], model: str, model_kwargs: dict[str, Any], batch
                image_shape: tuple[int, int, int], num_classes: int, steps: int, warmup: int,
                rounds: int) -> dict[str, dict[str, Any]]:
     """The training step's images/s with the model's convolutions computed by each path."""
-    from cnnjax import benchmark
+    from experiments.benchmarks import benchmark
 
     runners, results = {}, {}
     for path in paths:
@@ -411,7 +412,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from cnnjax import benchmark
+    from experiments.benchmarks import benchmark
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     benchmark.add_model_arguments(p)

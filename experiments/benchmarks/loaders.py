@@ -1,7 +1,7 @@
 """Loader throughput on synthetic data: images per second for each loader and worker count.
 
-    python -m cnnjax.data.benchmark                      # 32x32 and 224x224, 1 and 2 workers
-    python -m cnnjax.data.benchmark --sizes=224 --workers=0,1,2,4,8 --batches=40
+    python -m experiments.benchmarks.loaders         # 32x32 and 224x224, 1 and 2 workers
+    python -m experiments.benchmarks.loaders --sizes=224 --workers=0,1,2,4,8 --batches=40
 
 The in-memory loader gathers batches from uint8 arrays. The streaming loader reads JPEG files
 held in memory (encoded with PIL, quality 90, 1.25x the training size: the decoding work of a
