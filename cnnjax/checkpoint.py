@@ -11,6 +11,11 @@ Saves are asynchronous: training continues while the arrays are written. Orbax w
 temporary directory and renames it when complete, so ``latest_step`` never names a partial
 checkpoint.
 
+``BestCheckpoint`` keeps the state with the best ``train.best_metric`` in ``W/best_checkpoint``
+(its own Orbax manager holding one checkpoint) and names it in ``W/best.json``. The regular
+checkpoints are never touched, so resuming stays exact; the best value so far travels in every
+checkpoint's progress JSON, so a resumed run compares against the best of the run it resumes.
+
 ``WorkdirLock`` makes a workdir one run's: a second launch on it stops with one line.
 """
 
@@ -31,9 +36,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cnnjax import files
 from cnnjax.errors import ConfigError, WorkdirLocked
 
 LOCK_FILE = "lock"
+BEST_DIR = "best_checkpoint"
 
 
 def _handlers() -> dict[str, Any]:
@@ -162,6 +169,42 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class BestCheckpoint:
+    """Saves the state whenever ``metric`` improves (``mode`` ``"max"`` or ``"min"``).
+
+    ``previous``: the ``record`` stored in the checkpoint a run resumes from, if any.
+    """
+
+    def __init__(self, workdir: str, metric: str, mode: str, previous: dict | None = None):
+        self.workdir, self.metric, self.mode = workdir, metric, mode
+        self.record = previous
+        self._ckpt = Checkpointer(os.path.join(workdir, BEST_DIR), keep=1, barrier_prefix="best")
+
+    def improves(self, metrics: dict[str, float]) -> bool:
+        if self.metric not in metrics:
+            return False
+        if self.record is None:
+            return True
+        value, best = metrics[self.metric], self.record["value"]
+        return value > best if self.mode == "max" else value < best
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        """Records ``metrics`` of ``step`` as the best; call ``save`` with its state next."""
+        self.record = {"metric": self.metric, "mode": self.mode, "step": step,
+                       "value": metrics[self.metric]}
+
+    def save(self, state: Any, progress: dict[str, Any]) -> None:
+        step = self.record["step"]
+        if self._ckpt.latest_step() != step:  # a resumed run may reach a saved best again
+            self._ckpt.save(step, state, progress)
+        if jax.process_index() == 0:
+            files.write_json(os.path.join(self.workdir, "best.json"), self.record)
+
+    def close(self) -> None:
+        self._ckpt.wait()
+        self._ckpt.close()
 
 
 class WorkdirLock:

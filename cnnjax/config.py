@@ -17,13 +17,14 @@ from typing import Any
 
 import ml_collections
 
+from cnnjax import optim
 from cnnjax.errors import ConfigError
 
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = tuple(optim.OPTIMIZERS)  # the tables in optim.py are the one place to add one
 LOADERS = ("auto", "memory", "streaming")
-SCHEDULES = ("constant", "cosine", "piecewise")
+SCHEDULES = tuple(optim.SCHEDULES)
 BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "")
 NAN_POLICIES = ("stop", "skip")
 

@@ -7,21 +7,13 @@
 its loss and accuracies come from the training loop's own ``eval_step`` on the same batches,
 so they equal the loop's last evaluation of that checkpoint. ``predict`` writes
 ``W/predictions.csv``. Both read the config recorded in the checkpoint.
-
-Best checkpoint: ``BestCheckpoint`` keeps the state with the best ``train.best_metric`` in
-``W/best_checkpoint`` (its own Orbax manager holding one checkpoint) and names it in
-``W/best.json``. The regular checkpoints are never touched, so resuming stays exact; the best
-value so far travels in every checkpoint's progress JSON, so a resumed run compares against
-the best of the run it resumes.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -29,61 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnnjax import checkpoint, models, parallel, steps
+from cnnjax import checkpoint, files, models, parallel, steps
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
-from cnnjax.checkpoint import Checkpointer
 from cnnjax.data.local import read_npz
-
-BEST_DIR = "best_checkpoint"
-
-
-# ------------------------------------------------------------------------- best checkpoint
-
-
-class BestCheckpoint:
-    """Saves the state whenever ``metric`` improves (``mode`` ``"max"`` or ``"min"``).
-
-    ``previous``: the ``record`` stored in the checkpoint a run resumes from, if any.
-    """
-
-    def __init__(self, workdir: str, metric: str, mode: str, previous: dict | None = None):
-        self.workdir, self.metric, self.mode = workdir, metric, mode
-        self.record = previous
-        self._ckpt = Checkpointer(os.path.join(workdir, BEST_DIR), keep=1, barrier_prefix="best")
-
-    def improves(self, metrics: dict[str, float]) -> bool:
-        if self.metric not in metrics:
-            return False
-        if self.record is None:
-            return True
-        value, best = metrics[self.metric], self.record["value"]
-        return value > best if self.mode == "max" else value < best
-
-    def update(self, step: int, metrics: dict[str, float]) -> None:
-        """Records ``metrics`` of ``step`` as the best; call ``save`` with its state next."""
-        self.record = {"metric": self.metric, "mode": self.mode, "step": step,
-                       "value": metrics[self.metric]}
-
-    def save(self, state: Any, progress: dict[str, Any]) -> None:
-        step = self.record["step"]
-        if self._ckpt.latest_step() != step:  # a resumed run may reach a saved best again
-            self._ckpt.save(step, state, progress)
-        if jax.process_index() == 0:
-            _write_json(os.path.join(self.workdir, "best.json"), self.record)
-
-    def close(self) -> None:
-        self._ckpt.wait()
-        self._ckpt.close()
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
 
 # --------------------------------------------------------------------------- loading a run
 
@@ -108,7 +50,7 @@ def _steps(directory: str) -> list[int]:
 
 def resolve_checkpoint(workdir: str, which: str = "latest") -> tuple[str, int]:
     """(Orbax directory, step) of ``which``: ``latest``, ``best`` or a step number."""
-    regular, best = os.path.join(workdir, "checkpoints"), os.path.join(workdir, BEST_DIR)
+    regular, best = os.path.join(workdir, "checkpoints"), os.path.join(workdir, checkpoint.BEST_DIR)
     found, found_best = _steps(regular), _steps(best)
     if which == "latest":
         if not found:
@@ -140,18 +82,10 @@ def load_run(workdir: str, which: str = "latest") -> Run:
         raise config_lib.ConfigError(
             f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {reason}); "
             f"choose another with --checkpoint=STEP (there are: {_steps(directory)})") from None
-    variables = {"params": state["params"]}
-    if state.get("batch_stats"):
-        variables["batch_stats"] = state["batch_stats"]
+    variables = steps.variables(state["params"], state.get("batch_stats"))
     # Completed with the defaults of fields added since it was trained.
     config = ml_collections.ConfigDict(config_lib.complete(progress["config"]))
     return Run(workdir, which, step, config, variables)
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name=None):
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    return models.get_model(config.model.name, num_classes=num_classes, axis_name=axis_name,
-                            **kwargs)
 
 
 def make_predict(model, mean: Sequence[float], std: Sequence[float]) -> Callable:
@@ -178,7 +112,7 @@ def eval_metrics(config: ml_collections.ConfigDict, variables: dict[str, Any],
     """Loss, top-1 and top-5 accuracy over the test split, computed as the training loop
     does (its ``eval_step``, batch size and summation order), so the numbers are equal."""
     info, stats, variables = _eval_setup(config, variables, data, mesh)
-    model = build_model(config, info.num_classes, axis_name=parallel.AXIS)
+    model = models.from_config(config.model, info.num_classes, axis_name=parallel.AXIS)
     eval_step = steps.make_eval_step(mesh, model=model, **stats)
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}), opt_state=None,
@@ -194,7 +128,7 @@ def confusion_matrix(config: ml_collections.ConfigDict, variables: dict[str, Any
                      data: data_lib.Data, mesh) -> np.ndarray:
     """``[true class, predicted class]`` counts over the test split (every process calls)."""
     info, stats, variables = _eval_setup(config, variables, data, mesh)
-    predict = make_predict(build_model(config, info.num_classes), **stats)
+    predict = make_predict(models.from_config(config.model, info.num_classes), **stats)
     confusion = np.zeros((info.num_classes,) * 2, np.int64)
     for local in data.eval_batches(config.data.eval_batch_size):
         batch = parallel.global_batch(local, mesh)
@@ -234,7 +168,7 @@ def run_eval(workdir: str, which: str = "latest") -> dict[str, Any]:
     result = {"workdir": run.workdir, "checkpoint": which, "step": run.step,
               **evaluate(run.config, run.variables, data, parallel.make_mesh())}
     if jax.process_index() == 0:
-        _write_json(os.path.join(run.workdir, "eval.json"), result)
+        files.write_json(os.path.join(run.workdir, "eval.json"), result)
         print(format_eval(result))
     return result
 
@@ -325,25 +259,16 @@ def run_predict(workdir: str, inputs: str, which: str = "latest") -> list[dict[s
     run = load_run(workdir, which)
     info = data_lib.describe(run.config.data)  # what training normalised with
     names, images = load_inputs(inputs, info.image_shape)
-    predict = make_predict(build_model(run.config, info.num_classes), info.mean, info.std)
+    model = models.from_config(run.config.model, info.num_classes)
+    predict = make_predict(model, info.mean, info.std)
     probs = np.asarray(predict(run.variables, images))
     rows = [{"input": n, "predicted": int(p.argmax()), "probability": float(p.max()),
              **{f"p_{k}": float(v) for k, v in enumerate(p)}}
             for n, p in zip(names, probs, strict=True)]
     path = os.path.join(run.workdir, "predictions.csv")
     if jax.process_index() == 0:
-        _write_csv(path, rows)
+        files.write_csv(path, rows, "input")
         print(f"checkpoint {which} (step {run.step}); predictions in {path}")
         for r in rows:
             print(f"{r['input']}: class {r['predicted']} (p={r['probability']:.4f})")
     return rows
-
-
-def _write_csv(path: str, rows: Iterable[dict[str, Any]]) -> None:
-    rows = list(rows)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["input"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)

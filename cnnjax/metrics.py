@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from cnnjax import files
+
 
 def mean_of(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Averages per-step metric dicts (device arrays are fetched once, together)."""
@@ -55,10 +57,7 @@ class JsonlWriter:
         if os.path.exists(path):
             with open(path, errors="replace") as f:
                 kept = [line for line in f if _step_of(line) <= resume_step]
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, path)
+            files.write_atomic(path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:

@@ -43,6 +43,16 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
 
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The model variables for ``model.apply``: params and, if any, BatchNorm statistics."""
+        return variables(self.params, self.batch_stats)
+
+
+def variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """``{"params", "batch_stats"}``, the statistics left out for models without BatchNorm."""
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
     """``[b, h, w, c]`` uint8 -> float32 with zero mean and unit variance per channel."""
@@ -144,12 +154,9 @@ def train_step_per_device(
     dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 2), lax.axis_index(parallel.AXIS))
 
     def loss_fn(params):
-        variables = {"params": params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
         logits, updates = model.apply(
-            variables, images, train=not frozen_batch_stats, mutable=["batch_stats"],
-            rngs={"dropout": dropout_key},
+            variables(params, state.batch_stats), images, train=not frozen_batch_stats,
+            mutable=["batch_stats"], rngs={"dropout": dropout_key},
         )
         targets = soft_targets(labels, lam, partner, logits.shape[-1]) if mixing else labels
         loss = _cross_entropy(logits, targets, logits.shape[-1], label_smoothing).mean()
@@ -192,10 +199,7 @@ def eval_step_per_device(
     std: Sequence[float],
 ) -> dict[str, jax.Array]:
     """Sums (not means) of loss and correct predictions over the real (mask=1) examples."""
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    logits = model.apply(variables, normalize(batch["images"], mean, std), train=False)
+    logits = model.apply(state.variables, normalize(batch["images"], mean, std), train=False)
     labels, mask = batch["labels"], batch["mask"]
     loss = _cross_entropy(logits, labels, logits.shape[-1], 0.0)
     top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import csv
 import dataclasses
 import difflib
 import hashlib
@@ -38,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from cnnjax import config as config_lib
-from cnnjax import train
+from cnnjax import files, train
 from cnnjax.errors import WorkdirLocked
 from cnnjax.train import read_summary
 
@@ -304,16 +303,6 @@ def _groups(points: list[Point], rows: list[dict[str, Any]]) -> list[dict[str, A
     return result
 
 
-def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = f"{path}.{os.getpid()}.tmp"  # array tasks may write at once: rename is atomic
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields or ["point"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def _cell(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -329,22 +318,19 @@ def write_results(workdir: str, points: list[Point]) -> list[str]:
     rows = _rows(workdir, points)
     keys = list(dict.fromkeys(k for p in points for k in p.overrides))
     written = [os.path.join(workdir, "results.csv"), os.path.join(workdir, "results.md")]
-    _write_csv(written[0], rows)
+    files.write_csv(written[0], rows, "point")
     done = sum(r["status"] == "finished" for r in rows)
     md = [f"# Sweep results: {workdir}", "", f"{done} of {len(rows)} points finished.", ""]
     md += _table(rows, [*keys, "status", "step", *METRICS, "best_step", "wall_time_s"])
     if "seed" in keys:
         groups = _groups(points, rows)
         written.append(os.path.join(workdir, "results_mean.csv"))
-        _write_csv(written[-1], groups)
+        files.write_csv(written[-1], groups, "point")
         for g in groups:
             for m in METRICS:
                 mean, std = g.pop(f"{m}_mean"), g.pop(f"{m}_std")
                 g[m] = "" if mean == "" else f"{mean:.4f}" + (f" ± {std:.4f}" if std != "" else "")
         md += ["", "## Mean ± standard deviation over seeds (finished points)", ""]
         md += _table(groups, [*(k for k in keys if k != "seed"), "n", *METRICS])
-    tmp = f"{written[1]}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(md) + "\n")
-    os.replace(tmp, written[1])
+    files.write_atomic(written[1], "\n".join(md) + "\n")
     return written

@@ -27,10 +27,9 @@ from jax.experimental import multihost_utils
 
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
+from cnnjax import files, models, optim, parallel, signals, steps, transfer, viz
 from cnnjax import metrics as metrics_lib
-from cnnjax import models, optim, parallel, signals, steps, transfer, viz
-from cnnjax.checkpoint import Checkpointer, WorkdirLock
-from cnnjax.evaluate import BestCheckpoint
+from cnnjax.checkpoint import BestCheckpoint, Checkpointer, WorkdirLock
 from cnnjax.preemption import PreemptionGuard
 
 
@@ -115,11 +114,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Creates ``workdir`` and records the resolved config (atomically)."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "config.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        files.write_json(os.path.join(workdir, "config.json"), config_lib.to_dict(config),
+                         sort_keys=True)
     except OSError as e:
         raise config_lib.ConfigError(
             f"workdir {workdir} is not writable ({e.strerror}); pass a writable --workdir"
@@ -296,10 +292,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | 
 
     # Model, optimizer, state: replicated over a 1-D mesh of every device.
     mesh = parallel.make_mesh()
-    model_kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    model = models.get_model(
-        config.model.name, num_classes=info.num_classes, axis_name=parallel.AXIS, **model_kwargs
-    )
+    model = models.from_config(config.model, info.num_classes, axis_name=parallel.AXIS)
     check_input_shape(model, info, config.model.name)
     schedule = optim.make_schedule(config.optimizer, spe, total_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
@@ -416,7 +409,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | 
     if writer:
         last_eval = last_eval or writer.last_eval  # a relaunch that only finishes the run
     if t.plots and end == total_steps:
-        viz.write_plots(os.path.join(workdir, "plots"), config, state_variables(state), data,
+        viz.write_plots(os.path.join(workdir, "plots"), config, state.variables, data,
                         mesh, end, writer and metrics_lib.read_jsonl(writer.jsonl.path))
 
     summary = {
@@ -440,19 +433,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | 
     return summary
 
 
-def state_variables(state: steps.TrainState) -> dict[str, Any]:
-    """The model variables of ``state`` (params and, if any, BatchNorm statistics)."""
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return variables
-
-
 def _write_summary(summary: dict[str, Any], workdir: str) -> None:
-    path = os.path.join(workdir, "summary.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
+    files.write_json(os.path.join(workdir, "summary.json"), summary)
 
 
 def _progress_line(record: dict[str, Any], total_steps: int) -> str:

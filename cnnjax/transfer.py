@@ -103,18 +103,6 @@ def merge(fresh: Any, loaded: Any, exclude: str = "") -> tuple[Any, list[str]]:
     return traverse_util.unflatten_dict(merged, sep="/"), notes
 
 
-def is_head(head: str):
-    """``params -> pytree of bool``: True for the parameters whose path matches ``head``."""
-
-    def labels(params):
-        flat = traverse_util.flatten_dict(params, sep="/")
-        return traverse_util.unflatten_dict(
-            {p: bool(re.search(head, p)) for p in flat}, sep="/"
-        )
-
-    return labels
-
-
 def initialize_from(state, path: str, exclude: str, tx, sharding) -> tuple[Any, list[str]]:
     """The train state with pretrained params and batch stats copied in (fresh optimizer)."""
     loaded = load_variables(path)

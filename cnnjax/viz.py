@@ -252,13 +252,13 @@ def write_plots(
 
     ``init_dir``: where the step-0 kernel was saved (default ``plots_dir``).
     """
-    from cnnjax import evaluate, steps
+    from cnnjax import evaluate, models, steps
 
     info = data.info
     confusion = evaluate.confusion_matrix(config, variables, data, mesh)
     if jax.process_index() != 0:
         return []
-    model = evaluate.build_model(config, info.num_classes)
+    model = models.from_config(config.model, info.num_classes)
     host = jax.tree.map(_host, variables)
     image = next(iter(data.eval_batches(config.data.eval_batch_size)))["images"][:1]
     started, finished = trace(model, host, steps.normalize(image, info.mean, info.std))
@@ -292,9 +292,9 @@ def initial_kernel(plots_dir: str, config, image_shape, num_classes: int) -> np.
         return np.load(saved)
     import optax
 
-    from cnnjax import evaluate, parallel, steps
+    from cnnjax import models, parallel, steps
 
-    model = evaluate.build_model(config, num_classes)
+    model = models.from_config(config.model, num_classes)
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     state = steps.init_state(model, optax.identity(), config.seed, image_shape, mesh)
     return first_conv_kernel(model, jax.device_get(state.params), image_shape)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import evaluate, train
+from cnnjax import checkpoint, evaluate, train
 from cnnjax.config import ConfigError
 from cnnjax.data.builders.digits import load_split
 from cnnjax.metrics import read_jsonl
@@ -48,7 +48,7 @@ def test_best_checkpoint_is_the_best_eval_and_launch_evaluates_it(tiny_run, data
         assert json.load(f) == {"metric": "eval_accuracy", "mode": "max", "step": best_step,
                                 "value": evals[best_step]["eval_accuracy"]}
     assert summary["best_step"] == best_step
-    assert os.listdir(os.path.join(workdir, evaluate.BEST_DIR)) == [str(best_step)]
+    assert os.listdir(os.path.join(workdir, checkpoint.BEST_DIR)) == [str(best_step)]
 
     result = launch("--mode=eval", f"--workdir={workdir}", "--checkpoint=best",
                     data_dir=data_dir)
@@ -106,12 +106,12 @@ def test_bad_checkpoint_and_inputs_are_one_line_errors(tiny_run, tmp_path):  # n
 
 
 def test_best_tracking_compares_by_mode(tmp_path):
-    best = evaluate.BestCheckpoint(str(tmp_path), "eval_loss", "min")
+    best = checkpoint.BestCheckpoint(str(tmp_path), "eval_loss", "min")
     assert best.improves({"eval_loss": 2.0}) and not best.improves({"eval_accuracy": 1.0})
     best.update(10, {"eval_loss": 2.0})
     assert best.improves({"eval_loss": 1.5}) and not best.improves({"eval_loss": 2.0})
     assert not best.improves({"eval_loss": float("nan")})
-    resumed = evaluate.BestCheckpoint(str(tmp_path), "eval_accuracy", "max",
+    resumed = checkpoint.BestCheckpoint(str(tmp_path), "eval_accuracy", "max",
                                       {"metric": "eval_accuracy", "step": 3, "value": 0.5})
     assert not resumed.improves({"eval_accuracy": 0.5}) and resumed.improves(
         {"eval_accuracy": 0.6})
@@ -132,6 +132,6 @@ def test_an_interrupted_run_keeps_the_same_best_and_every_checkpoint(tiny_run, d
         for key in ("workdir", "wall_time_s", "train_time_s"):
             a.pop(key, None), b.pop(key, None)
         assert a == b, name
-    assert os.listdir(os.path.join(resumed, evaluate.BEST_DIR)) == os.listdir(
-        os.path.join(straight, evaluate.BEST_DIR))
+    assert os.listdir(os.path.join(resumed, checkpoint.BEST_DIR)) == os.listdir(
+        os.path.join(straight, checkpoint.BEST_DIR))
     assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["10", "15", "20"]

@@ -162,6 +162,13 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
+def from_config(section: Any, num_classes: int, axis_name: str | None = None) -> nn.Module:
+    """The module a config's ``model`` section describes (``name`` and that model's fields);
+    the one way a run, an evaluation and the plots build their model."""
+    fields = {k: v for k, v in section.items() if k != "name"}
+    return get_model(section["name"], num_classes=num_classes, axis_name=axis_name, **fields)
+
+
 def _import_zoo() -> None:
     # Importing a model file registers its models; done lazily so that `cnnjax.models`
     # stays importable without pulling in every architecture.
