@@ -38,7 +38,8 @@ def _unknown_override(error: Exception) -> str:
     # KeyError/AttributeError whose text holds the bad key and a suggestion.
     text = str(error).replace("\\'", "'").strip("'\"")
     key = re.match(r"'?([^'\n]+)'?", text).group(1) if text else "?"
-    flag = next((a for a in sys.argv[1:] if a.startswith("--config.") and key in a), key)
+    flag = next((a for a in sys.argv[1:] if a.startswith("--config.")
+                 and key in a.split("=", 1)[0].split(".")), key)
     hint = re.search(r'Did you mean "([^"]+)"', text)
     suggestion = f"; did you mean {hint.group(1)!r}?" if hint else ""
     if flag.startswith("--config.model.") and any(
@@ -115,6 +116,8 @@ def _load_config():
     except Exception as e:  # the file ran and failed: say which file and why, in one line
         if _VERBOSE.value:
             raise
+        if returned := _returned_type(path, config_arg.partition(":")[2]):
+            _fail(_not_a_config(path, returned))
         cause = e.__cause__ or e.__context__ or e
         _fail(_config_failure(config_arg, f"{type(cause).__name__}: {cause}"))
     if not isinstance(config, ml_collections.ConfigDict):
@@ -222,27 +225,39 @@ def _config_failure(config_arg: str, text: str) -> str:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     # A malformed flag value is one line and exit status 2, like every other bad input.
+    if "--verbose" not in argv:  # ml_collections logs while the config file loads
+        logging.set_verbosity(logging.ERROR)
+    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    config_arg = given[-1] if given else DEFAULT_CONFIG
+    path, _, variant = config_arg.partition(":")
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
         text = str(e)
         if (m := re.match(r"flag --config=(.*?): Error whilst parsing config file", text)):
             _fail(_config_failure(m.group(1), text))
+        if "value for flag config" in text and (returned := _returned_type(path, variant)):
+            _fail(_not_a_config(path, returned))
         _fail(f"{text.splitlines()[0]}; see --helpfull")
     except Exception as e:  # only --config runs code while flags are parsed: that file raised
         if "--verbose" in argv:
             raise
-        given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
-        path, _, variant = (given[-1] if given else DEFAULT_CONFIG).partition(":")
         _check_config_path(path)
         if returned := _returned_type(path, variant):  # overrides met a dict, say
             _fail(_not_a_config(path, returned))
-        _fail(_config_failure(given[-1] if given else DEFAULT_CONFIG, f"{type(e).__name__}: {e}"))
+        if isinstance(e, (KeyError, AttributeError)) and "get_config" not in str(e):
+            # the file is fine: an override is not
+            _fail(_unknown_override(e))
+        _fail(_config_failure(config_arg, f"{type(e).__name__}: {e}"))
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
+    for flag, modes in (("inputs", ("predict",)), ("checkpoint", ("eval", "predict", "visualize"))):
+        if flags.FLAGS[flag].present and _MODE.value not in modes:
+            _fail(f"--{flag} is for --mode={'/'.join(modes)}; --mode={_MODE.value} does not "
+                  "read it")
     if not _VERBOSE.value:  # cnnjax's own lines only; --verbose shows the libraries' too
         logging.set_verbosity(logging.ERROR)
         warnings.filterwarnings("ignore")

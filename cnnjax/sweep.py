@@ -103,7 +103,11 @@ def from_config_file(path: str) -> list[dict[str, Any]] | None:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
         return None
-    sweep = module.get_sweep()
+    try:
+        sweep = module.get_sweep()
+    except Exception as e:  # noqa: BLE001 -- the user's function: say which and why, one line
+        raise config_lib.ConfigError(
+            f"get_sweep() in {path} failed: {type(e).__name__}: {e}") from None
     if isinstance(sweep, dict):
         return grid({k: list(v) for k, v in sweep.items()})
     if isinstance(sweep, (list, tuple)) and all(isinstance(p, dict) for p in sweep):

@@ -117,6 +117,10 @@ def files(tmp_path_factory, data_dir):
     (root / "no_get_config.py").write_text("x = 1\n")
     (root / "syntax.py").write_text("def get_config(:\n")
     (root / "returns_dict.py").write_text("def get_config():\n    return {'a': 1}\n")
+    (root / "returns_none.py").write_text("def get_config():\n    pass\n")
+    (root / "sweep_raises.py").write_text(
+        "from experiments.default import get_config\n"
+        "def get_sweep():\n    raise RuntimeError('no grid')\n")
     np.save(root / "plain.npy", np.zeros((4, 8, 8), np.uint8))
     (root / "not.npz").write_bytes(b"PK\x03\x04 not a zip")
     np.savez(root / "objects.npz", images=np.array([None, 1], dtype=object), labels=[0, 1])
@@ -165,6 +169,16 @@ CASES = [
      "error: config file '{F}/syntax.py' failed to load: SyntaxError: invalid syntax"),
     ("config_returns_dict", ["--config={F}/returns_dict.py"],
      "error: get_config() in '{F}/returns_dict.py' returned a dict"),
+    ("config_returns_none", ["--config={F}/returns_none.py"],
+     "error: get_config() in '{F}/returns_none.py' returned a NoneType"),
+    ("get_sweep_raises", ["--config={F}/sweep_raises.py"],
+     "error: get_sweep() in {F}/sweep_raises.py failed: RuntimeError: no grid"),
+    ("misspelled_key_with_a_config_file", ["--config=experiments/default.py",
+                                           "--config.train.num_step=3"],
+     "error: unknown config key 'num_step' in --config.train.num_step; did you mean "
+     "'num_steps'?"),
+    ("inputs_in_train_mode", ["--inputs={F}/a.png"],
+     "error: --inputs is for --mode=predict; --mode=train does not read it"),
     ("config_variant", ["--config=experiments/default.py:cnnn"],
      "error: config file 'experiments/default.py:cnnn' failed to load: ValueError: unknown "
      "variant 'cnnn'"),

@@ -230,3 +230,20 @@ def test_prepare_without_network_fails_fast_in_one_line(tmp_path, monkeypatch):
         "it, run this command on a machine that has it and copy the prepared folder "
         f"{tmp_path}/mnist to the same place here")
     assert not os.path.exists(tmp_path / "mnist" / "3.0.1" / "dataset_info.json")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "error: --name is required, e.g. --name=cifar10"),
+    (["--nam=mnist"], "error: Unknown command line flag 'nam'"),
+    (["mnist"], "error: unexpected arguments: mnist"),
+])
+def test_prepare_usage_errors_are_one_line(args, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "cnnjax.data.prepare", *args],
+                            capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(message)

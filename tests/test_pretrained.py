@@ -187,11 +187,20 @@ def test_command_writes_a_checkpoint(resnet18_state, tmp_path):
          "no such file"),
         (["--arch=resnet19", "--torch_weights={tmp}/missing.pth", "--out={tmp}/ckpt"],
          "unsupported arch 'resnet19'"),
+        (["--arch=resnet18", "--torch_weights={tmp}/missing.pth", "--out={tmp}/ckpt",
+          "--num_classes=0"], "--num_classes=0 must be >= 1"),
+        (["--arch=resnet18", "--torch_weights={tmp}/missing.pth", "--out=/proc/ckpt"],
+         "--out=/proc/ckpt: /proc is not a writable folder"),
+        (["--arch=resnet18", "--torch_weights={tmp}/notes.txt", "--out={tmp}/ckpt"],
+         "cannot read {tmp}/notes.txt as a PyTorch state_dict of tensors"),
+        (["--arch=resnet18"], "the following arguments are required: --torch_weights, --out"),
     ],
 )
 def test_command_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    (tmp_path / "notes.txt").write_text("not weights")
     result = run_command(*(a.format(tmp=tmp_path) for a in args))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle.format(tmp=tmp_path) in lines[0], result.stderr
     assert not (tmp_path / "ckpt").exists()

@@ -89,9 +89,12 @@ def _one_line(name: str, error: Exception) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        print(f"error: unexpected arguments: {' '.join(argv[1:])}; flags take the form "
+              "--name=value", file=sys.stderr)
+        return 2
     if not _NAME.value:
-        raise app.UsageError("--name is required, e.g. --name=cifar10")
+        print("error: --name is required, e.g. --name=cifar10", file=sys.stderr)
+        return 2
     logging.set_verbosity(logging.ERROR)  # TFDS logs every file it touches; the error says it all
     try:
         path = prepare(_NAME.value, _DATA_DIR.value, _MANUAL_DIR.value)
@@ -105,6 +108,14 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {str(e).splitlines()[0]}; see --helpfull", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     signals.install()  # Ctrl-C during a download: one line, no traceback
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -220,7 +221,7 @@ def load_pretrained(directory: str | os.PathLike) -> Any:
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.arch not in ARCHS:
             raise ValueError(f"unsupported arch {args.arch!r}; choose one of: {', '.join(ARCHS)}")
+        if args.num_classes is not None and args.num_classes < 1:
+            raise ValueError(f"--num_classes={args.num_classes} must be >= 1 (or left out for "
+                             "the model's 1000)")
+        parent = os.path.dirname(os.path.abspath(args.out))
+        try:  # before the conversion: Orbax would fail only at the end, and hang
+            tempfile.TemporaryFile(dir=parent).close()
+        except OSError:
+            raise ValueError(f"--out={args.out}: {parent} is not a writable folder; pass a path "
+                             "in one") from None
         if os.path.exists(args.out) and not args.overwrite:
             raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
         state_dict = load_torch_state_dict(args.torch_weights)
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         path = save_pretrained(variables, args.out, overwrite=args.overwrite)
     except (OSError, ValueError, ImportError) as e:
         message = " ".join(str(e).split())
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     classes = variables["params"]["head"]["bias"].shape[0]
