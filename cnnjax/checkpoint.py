@@ -15,19 +15,12 @@ checkpoint.
 (its own Orbax manager holding one checkpoint) and names it in ``W/best.json``. The regular
 checkpoints are never touched, so resuming stays exact; the best value so far travels in every
 checkpoint's progress JSON, so a resumed run compares against the best of the run it resumes.
-
-``WorkdirLock`` makes a workdir one run's: a second launch on it stops with one line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import fcntl
-import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,9 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cnnjax import files
-from cnnjax.errors import ConfigError, WorkdirLocked
 
-LOCK_FILE = "lock"
 BEST_DIR = "best_checkpoint"
 
 
@@ -205,101 +196,3 @@ class BestCheckpoint:
     def close(self) -> None:
         self._ckpt.wait()
         self._ckpt.close()
-
-
-class WorkdirLock:
-    """An exclusive lock on a workdir for as long as a launch trains in it.
-
-    The lock is ``flock`` on ``<workdir>/lock``, which holds who took it (process id, host,
-    time) for the message a second launch prints. The kernel drops the lock when its process
-    ends, however it ends, so a killed run never blocks the next launch. ``abandon`` undoes
-    what ``acquire`` created (the workdir, the lock file), for a launch that stops on bad
-    input after taking the lock: such a launch leaves no trace.
-    """
-
-    def __init__(self, workdir: str):
-        self.workdir = os.path.abspath(workdir)
-        self.path = os.path.join(self.workdir, LOCK_FILE)
-        self._fd: int | None = None
-        self._created: list[str] = []
-        self._previous: bytes | None = None
-
-    def acquire(self) -> None:
-        """Takes the lock; raises ``WorkdirLocked`` naming the holder if another launch has it."""
-        try:
-            os.makedirs(os.path.dirname(self.workdir), exist_ok=True)
-            try:
-                os.mkdir(self.workdir)  # exactly one of two racing launches creates it
-                self._created.append(self.workdir)
-            except FileExistsError:
-                pass
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-                self._created.append(self.path)
-            except FileExistsError:
-                fd = os.open(self.path, os.O_RDWR)
-        except OSError as e:
-            self.abandon()
-            raise ConfigError(f"workdir {self.workdir} is not writable ({e.strerror}); pass a "
-                              "writable --workdir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise WorkdirLocked(
-                f"workdir {self.workdir} is in use by {holder(self.path)}; wait for that run "
-                "to end (or stop it), or pass another --workdir") from None
-        self._fd = fd
-        if self.path not in self._created:
-            self._previous = os.pread(fd, 4096, 0)
-        self._write(json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        }).encode())
-
-    def _write(self, content: bytes) -> None:
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, content, 0)
-
-    def abandon(self) -> None:
-        """Releases the lock and undoes the launch: a workdir it created is removed with what
-        it holds (nothing but this launch wrote there), else the lock file it created."""
-        if self._fd is not None and self._previous is not None:
-            self._write(self._previous)
-        if self.workdir in self._created:
-            shutil.rmtree(self.workdir, ignore_errors=True)  # while still locked
-        elif self.path in self._created:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-        self._created = []
-        self.release()
-
-    def keep(self) -> None:
-        """The launch has written to the workdir: ``abandon`` now only releases the lock."""
-        self._created, self._previous = [], None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> WorkdirLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is not None and issubclass(exc_type, ConfigError):
-            self.abandon()
-        else:
-            self.release()
-
-
-def holder(path: str) -> str:
-    """Who holds lock file ``path``, in words, from what it records."""
-    try:
-        with open(path) as f:
-            info = json.load(f)
-        return f"process {info['pid']} on {info['host']} since {info['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another launch (starting up)"

@@ -14,7 +14,7 @@ class ConfigError(ValueError):
 
 
 class WorkdirLocked(ConfigError):
-    """Another launch holds the workdir (``checkpoint.WorkdirLock``)."""
+    """Another launch holds the workdir (``workdir.WorkdirLock``)."""
 
 
 def warn(message: str) -> None:

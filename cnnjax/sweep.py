@@ -39,7 +39,7 @@ import numpy as np
 from cnnjax import config as config_lib
 from cnnjax import files, train
 from cnnjax.errors import WorkdirLocked
-from cnnjax.train import read_summary
+from cnnjax.workdir import read_summary
 
 METRICS = ("test_accuracy", "test_top5_accuracy", "test_loss", "best_value")
 

@@ -13,24 +13,24 @@ Workdir layout (written by process 0):
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
-from jax.experimental import multihost_utils
 
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import files, models, optim, parallel, signals, steps, transfer, viz
 from cnnjax import metrics as metrics_lib
-from cnnjax.checkpoint import BestCheckpoint, Checkpointer, WorkdirLock
+from cnnjax import workdir as workdir_lib
+from cnnjax.checkpoint import BestCheckpoint, Checkpointer
 from cnnjax.preemption import PreemptionGuard
+from cnnjax.workdir import WorkdirLock
 
 
 class Preempted(Exception):
@@ -53,75 +53,6 @@ def _log(*args: Any) -> None:
         print(*args, flush=True)
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> None:
-    """Refuses, before anything is written, a workdir that holds a run of another config."""
-    previous = recorded_config(workdir)
-    if previous is not None and not allow_change:
-        if changed := config_lib.diff(config_lib.complete(previous), config_lib.to_dict(config)):
-            raise config_lib.ConfigError(
-                f"workdir {workdir} holds a run with a different config ({changed}); "
-                "pass another --workdir to start fresh, or --allow_config_change to resume "
-                "it with the new config"
-            )
-
-
-def recorded_config(workdir: str) -> dict[str, Any] | None:
-    """The config recorded in ``workdir/config.json`` (None: no run recorded there)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            previous = json.load(f)
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise config_lib.ConfigError(
-            f"{path} is unreadable ({reason}); restore it (the config of every checkpoint is "
-            "also in its progress file), or pass another --workdir") from None
-    if not isinstance(previous, dict) or not isinstance(previous.get("model"), dict):
-        raise config_lib.ConfigError(
-            f"{path} does not hold a cnnjax config; restore it, or pass another --workdir")
-    return previous
-
-
-def finished_summary(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-    """The summary of the run in ``workdir`` if it is finished under ``config``, else None.
-
-    Finished: ``summary.json`` records the last step, and ``config`` is the recorded config.
-    """
-    summary = read_summary(workdir)
-    if not summary or summary.get("step", -1) < summary.get("total_steps", 0):
-        return None
-    previous = recorded_config(workdir)
-    if previous is None or config_lib.diff(config_lib.complete(previous),
-                                            config_lib.to_dict(config)):
-        return None
-    return summary
-
-
-def read_summary(workdir: str) -> dict[str, Any] | None:
-    """``workdir/summary.json`` (None if missing or unreadable: the run is then finished
-    again from its last checkpoint, which rewrites it)."""
-    try:
-        with open(os.path.join(workdir, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Creates ``workdir`` and records the resolved config (atomically)."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        files.write_json(os.path.join(workdir, "config.json"), config_lib.to_dict(config),
-                         sort_keys=True)
-    except OSError as e:
-        raise config_lib.ConfigError(
-            f"workdir {workdir} is not writable ({e.strerror}); pass a writable --workdir"
-        ) from None
-
-
 def check_input_shape(model, info: data_lib.DatasetInfo, model_name: str) -> None:
     """Traces ``model.init`` abstractly (no compilation) to catch an image size it can't take."""
     shape = (1, *info.image_shape)
@@ -140,6 +71,11 @@ def check_against_data(config: ml_collections.ConfigDict, data: data_lib.Data,
                        total_steps: int) -> None:
     """The config values whose range depends on the data, checked before any compile."""
     info, spe = data.info, data.train.steps_per_epoch
+    if total_steps == 0:
+        raise config_lib.ConfigError(
+            f"train.num_epochs={config.train.num_epochs} is "
+            f"{config.train.num_epochs * spe:.2g} of the {spe} steps of an epoch, which rounds "
+            "to no step; train for longer")
     h, w, _ = info.image_shape
     if info.num_classes < 2:
         raise config_lib.ConfigError(
@@ -217,48 +153,19 @@ def run(
     config_lib.validate(config, jax.device_count())
     workdir = os.path.abspath(workdir)
     transfer.check_source(config.init.checkpoint)
-    check_workdir(config, workdir, allow_config_change)  # read only, as is everything above
-    if (summary := finished_summary(config, workdir)) is not None:
+    workdir_lib.check_workdir(config, workdir, allow_config_change)  # read only, as above
+    if (summary := workdir_lib.finished_summary(config, workdir)) is not None:
         return _report_finished(summary)
     with signals.stage(signals.STARTING, "before the first training step; relaunch the same "
                        "command to start (or resume) the run"):
-        with _exclusive(workdir) as lock:
+        with workdir_lib.exclusive(workdir) as lock:
             # Again, now that no other launch can change the workdir under us.
-            check_workdir(config, workdir, allow_config_change)
-            if (summary := finished_summary(config, workdir)) is not None:
+            workdir_lib.check_workdir(config, workdir, allow_config_change)
+            if (summary := workdir_lib.finished_summary(config, workdir)) is not None:
                 return _report_finished(summary)
-            return _train(config, workdir, lock, stop_at_step, start_time)
-
-
-@contextlib.contextmanager
-def _exclusive(workdir: str) -> Iterator[WorkdirLock | None]:
-    """Process 0 holds the workdir's lock for the block; every process learns if it failed.
-
-    A ``ConfigError`` raised in the block before ``lock.keep()`` removes what taking the lock
-    created, so bad input found late (in the data, say) still leaves no trace.
-    """
-    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
-    error = None
-    if lock:
-        try:
-            lock.acquire()
-        except config_lib.ConfigError as e:
-            error = e
-    if jax.process_count() > 1:
-        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-        if failed and error is None:
-            error = config_lib.ConfigError(f"process 0 could not lock workdir {workdir}")
-    if error:
-        raise error
-    try:
-        yield lock
-    except config_lib.ConfigError:
-        if lock:
-            lock.abandon()
-        raise
-    finally:
-        if lock:
-            lock.release()
+            job = setup(config, workdir, lock, start_time)
+            end = job.total_steps if stop_at_step is None else min(stop_at_step, job.total_steps)
+            return finish(job, end, train_loop(job, end))
 
 
 def _report_finished(summary: dict[str, Any]) -> dict[str, Any]:
@@ -275,59 +182,113 @@ def _done_line(summary: dict[str, Any]) -> str:
             f"{summary['wall_time_s']:.1f} s, workdir {summary['workdir']}")
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | None,
-           stop_at_step: int | None, start_time: float) -> dict[str, Any]:
-    # Data: each process reads its slice of every global batch.
-    data = data_lib.build(config.data, config.seed, jax.process_index(), jax.process_count())
-    info, loader = data.info, data.train
-    spe = loader.steps_per_epoch
-    t = config.train
-    total_steps = t.num_steps if t.num_steps >= 0 else int(round(t.num_epochs * spe))
-    if total_steps == 0:
-        raise config_lib.ConfigError(
-            f"train.num_epochs={t.num_epochs} is {t.num_epochs * spe:.2g} of the {spe} steps of an "
-            "epoch, which rounds to no step; train for longer")
-    eval_every = {-1: spe, 0: total_steps}.get(t.eval_every_steps, t.eval_every_steps)
-    check_against_data(config, data, total_steps)
+@dataclasses.dataclass
+class Job:
+    """What the loop needs, made once by ``setup``: the data, the compiled steps, the state,
+    where it is saved and logged, and the schedule of periodic work (in steps)."""
 
-    # Model, optimizer, state: replicated over a 1-D mesh of every device.
-    mesh = parallel.make_mesh()
+    config: ml_collections.ConfigDict
+    workdir: str
+    data: data_lib.Data
+    mesh: Any
+    model: Any
+    state: steps.TrainState
+    train_step: Callable
+    eval_step: Callable
+    ckpt: Checkpointer
+    best: BestCheckpoint | None
+    writer: metrics_lib.RunWriter | None  # process 0 only
+    start_step: int
+    total_steps: int
+    eval_every: int
+    pending: list[dict[str, Any]]  # per-step metrics since the last log line
+    start_time: float  # when the launch began
+    loop_start: float  # when the loop began: train_time_s counts steps, evals, first compile
+    window: tuple[int, float] = (0, 0.0)  # (step, time) the log window started at
+
+    def batch(self, step: int) -> dict[str, jax.Array]:
+        return parallel.global_batch(self.data.train.batch(step), self.mesh)
+
+    def log_window(self, done: int) -> dict[str, Any]:
+        """The train metrics of the steps since the last log line; starts a new window."""
+        t = self.config.train
+        _check_finite(self.pending, done - len(self.pending), t.nan_policy)
+        rate = (done - self.window[0]) / max(time.time() - self.window[1], 1e-9)
+        record = {**metrics_lib.train_record(self.pending), "steps_per_sec": rate,
+                  "images_per_sec": rate * self.config.data.batch_size}
+        self.pending, self.window = [], (done, time.time())
+        return record
+
+    def evaluate(self, done: int) -> dict[str, float]:
+        """Evaluates the state; keeps it as the best checkpoint when it improves."""
+        result = _eval(self.eval_step, self.state, self.data, self.config.data.eval_batch_size,
+                       self.mesh)
+        if self.best and self.best.improves(result):
+            self.best.update(done, result)
+            self.best.save(self.state, self.progress(done))
+        return result
+
+    def write(self, done: int, record: dict[str, Any]) -> None:
+        record = {"step": done, "epoch": done / self.data.train.steps_per_epoch, **record}
+        if self.writer:
+            self.writer.write(record, _progress_line(record, self.total_steps))
+
+    def progress(self, done: int) -> dict[str, Any]:
+        """The JSON saved beside the state: what a resume needs besides the arrays."""
+        _check_finite(self.pending, done - len(self.pending), self.config.train.nan_policy)
+        return {"step": done, "data": self.data.train.state(done),
+                "pending_metrics": metrics_lib.to_floats(self.pending),
+                "config": config_lib.to_dict(self.config),
+                "best": self.best.record if self.best else None}
+
+    def save(self, done: int) -> None:
+        self.ckpt.save(done, self.state, self.progress(done))
+
+    def close(self) -> None:
+        """Commits every started save, also after an error or a preemption."""
+        self.ckpt.wait()
+        self.ckpt.close()
+        if self.best:
+            self.best.close()
+        if self.writer:
+            self.writer.close()
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | None,
+          start_time: float) -> Job:
+    """Data, model, optimizer, state (fresh, transferred or resumed), steps and writers."""
+    data = data_lib.build(config.data, config.seed, jax.process_index(), jax.process_count())
+    info, spe, t = data.info, data.train.steps_per_epoch, config.train
+    total_steps = t.num_steps if t.num_steps >= 0 else int(round(t.num_epochs * spe))
+    check_against_data(config, data, total_steps)
+    mesh = parallel.make_mesh()  # 1-D, every device of every process; the state replicated
     model = models.from_config(config.model, info.num_classes, axis_name=parallel.AXIS)
     check_input_shape(model, info, config.model.name)
     schedule = optim.make_schedule(config.optimizer, spe, total_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
     state = steps.init_state(model, tx, config.seed, info.image_shape, mesh)
     check_head(config, state.params)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
     if config.init.checkpoint and not ckpt.all_steps():
         state, notes = transfer.initialize_from(
-            state, config.init.checkpoint, config.init.exclude, tx, parallel.replicated(mesh)
-        )
+            state, config.init.checkpoint, config.init.exclude, tx, parallel.replicated(mesh))
         _log(f"initialised from {config.init.checkpoint}" + "".join(f"\n  {n}" for n in notes))
-    # Resume from the newest readable checkpoint, if any.
-    pending: list[dict[str, Any]] = []
-    start_step, best_so_far = 0, None
+    start_step, pending, best_so_far = 0, [], None
     if (restored := ckpt.restore_latest(state, warn=_log)) is not None:
         state, progress = restored
         start_step, pending = progress["step"], progress["pending_metrics"]
         best_so_far = progress.get("best")
-        loader.restore(start_step, progress["data"])
+        data.train.restore(start_step, progress["data"])
         _log(f"resumed from {ckpt.directory}/{start_step}")
-    if jax.process_index() == 0:
-        write_config(config, workdir)
-        lock.keep()  # from here on the workdir holds this run: no more bad-input clean-up
-    best = (BestCheckpoint(workdir, t.best_metric, t.best_mode, best_so_far)
-            if t.best_metric else None)
     writer = None
     if jax.process_index() == 0:
+        workdir_lib.write_config(config, workdir)
+        lock.keep()  # from here on the workdir holds this run: no more bad-input clean-up
         writer = metrics_lib.RunWriter(workdir, start_step, total_steps, spe,
                                        config.data.batch_size)
         if t.plots and start_step == 0:  # the filters before training, for the plots
             viz.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
                                     info.image_shape)
-
     stats = {"mean": info.mean, "std": info.std}
     train_step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
@@ -335,101 +296,82 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | 
         frozen_batch_stats=config.optimizer.freeze_backbone,
         **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
     )
-    eval_step = steps.make_eval_step(mesh, model=model, **stats)
-    _log(
-        f"training {config.model.name} ({num_params:,} params) on {info.name} "
-        f"({data.num_train} train / {data.num_eval} test) for {total_steps} steps "
-        f"({spe} per epoch) on {jax.device_count()} device(s); workdir {workdir}"
-    )
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    _log(f"training {config.model.name} ({num_params:,} params) on {info.name} "
+         f"({data.num_train} train / {data.num_eval} test) for {total_steps} steps "
+         f"({spe} per epoch) on {jax.device_count()} device(s); workdir {workdir}")
+    return Job(
+        config=config, workdir=workdir, data=data, mesh=mesh, model=model, state=state,
+        train_step=train_step, eval_step=steps.make_eval_step(mesh, model=model, **stats),
+        ckpt=ckpt, best=(BestCheckpoint(workdir, t.best_metric, t.best_mode, best_so_far)
+                         if t.best_metric else None),
+        writer=writer, start_step=start_step, total_steps=total_steps,
+        eval_every={-1: spe, 0: total_steps}.get(t.eval_every_steps, t.eval_every_steps),
+        pending=pending, start_time=start_time, loop_start=time.time(),
+        window=(start_step, time.time()))
 
-    def save(done: int, to_best: bool = False) -> None:
-        _check_finite(pending, done - len(pending), t.nan_policy)
-        progress = {
-            "step": done,
-            "data": loader.state(done),
-            "pending_metrics": metrics_lib.to_floats(pending),
-            "config": config_lib.to_dict(config),
-            "best": best.record if best else None,
-        }
-        if to_best:
-            best.save(state, progress)
-        else:
-            ckpt.save(done, state, progress)
 
-    end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
-    last_eval: dict[str, float] = {}
-    window_start, window_step = time.time(), start_step
-    loop_start = window_start
+def train_loop(job: Job, end: int) -> dict[str, float]:
+    """Steps ``job`` to step ``end``; returns the last evaluation (``{}`` if none ran)."""
+    t, last_eval = job.config.train, {}
 
-    def close() -> None:
-        ckpt.wait()
-        ckpt.close()
-        if best:
-            best.close()
-        if writer:
-            writer.close()
+    def due(done: int, every: int) -> bool:
+        return done % every == 0 or done == job.total_steps
 
     with PreemptionGuard() as preemption, contextlib.ExitStack() as cleanup:
-        cleanup.callback(close)  # also on an error or a preemption: every save commits
-        for step in range(start_step, end):
-            batch = parallel.global_batch(loader.batch(step), mesh)
-            state, metrics = train_step(state, batch)
-            if step == start_step:  # compiled and running: a signal now saves this step
+        cleanup.callback(job.close)  # also on an error or a preemption: every save commits
+        for step in range(job.start_step, end):
+            job.state, metrics = job.train_step(job.state, job.batch(step))
+            if step == job.start_step:  # compiled and running: a signal now saves this step
                 signals.set_stage(signals.TRAINING, "")
-            pending.append(metrics)
             done = step + 1
-            if writer:
-                writer.update(done, metrics)
+            job.pending.append(metrics)
+            if job.writer:
+                job.writer.update(done, metrics)
             record: dict[str, Any] = {}
-            if done % t.log_every_steps == 0 or done == total_steps:
-                _check_finite(pending, step + 1 - len(pending), t.nan_policy)
-                rate = (done - window_step) / max(time.time() - window_start, 1e-9)
-                record.update(metrics_lib.train_record(pending))
-                record.update(steps_per_sec=rate, images_per_sec=rate * config.data.batch_size)
-                pending, window_start, window_step = [], time.time(), done
-            if done % eval_every == 0 or done == total_steps:
-                last_eval = _eval(eval_step, state, data, config.data.eval_batch_size, mesh)
-                record.update(last_eval)
-                if best and best.improves(last_eval):
-                    best.update(done, last_eval)
-                    save(done, to_best=True)
+            if due(done, t.log_every_steps):
+                record.update(job.log_window(done))
+            if due(done, job.eval_every):
+                record.update(last_eval := job.evaluate(done))
             if record:
-                record = {"step": done, "epoch": done / spe, **record}
-                if writer:
-                    writer.write(record, _progress_line(record, total_steps))
+                job.write(done, record)
             if preemption.requested():
-                save(done)
-                raise Preempted(done, workdir)  # once `close` has committed the save
+                job.save(done)
+                raise Preempted(done, job.workdir)  # once `job.close` has committed the save
             if done % t.checkpoint_every_steps == 0 or done == end:
-                save(done)
+                job.save(done)
     if preemption.requested():  # a signal while the last checkpoint was being committed
-        raise Preempted(end, workdir)
+        raise Preempted(end, job.workdir)
+    return last_eval
+
+
+def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
+    """Plots and ``summary.json`` once the last step is reached; the summary either way."""
     signals.set_stage(signals.FINISHING, "relaunch the same command to write the plots and "
                       "the summary")
-    if writer:
-        last_eval = last_eval or writer.last_eval  # a relaunch that only finishes the run
-    if t.plots and end == total_steps:
-        viz.write_plots(os.path.join(workdir, "plots"), config, state.variables, data,
-                        mesh, end, writer and metrics_lib.read_jsonl(writer.jsonl.path))
-
+    if job.writer:
+        last_eval = last_eval or job.writer.last_eval  # a relaunch that only finishes the run
+    if job.config.train.plots and end == job.total_steps:
+        viz.write_plots(os.path.join(job.workdir, "plots"), job.config, job.state.variables,
+                        job.data, job.mesh, end,
+                        job.writer and metrics_lib.read_jsonl(job.writer.jsonl.path))
     summary = {
-        "workdir": workdir,
-        "step": end,
-        "total_steps": total_steps,
-        "wall_time_s": time.time() - start_time,
-        "train_time_s": time.time() - loop_start,  # the loop: steps, evals, first compile
-        "num_params": int(num_params),
+        "workdir": job.workdir, "step": end, "total_steps": job.total_steps,
+        "wall_time_s": time.time() - job.start_time,
+        "train_time_s": time.time() - job.loop_start,
+        "num_params": int(sum(x.size for x in jax.tree.leaves(job.state.params))),
         **{k.replace("eval_", "test_"): v for k, v in last_eval.items()},
     }
-    if best and best.record:
-        summary.update(best_metric=best.record["metric"], best_value=best.record["value"],
-                       best_step=best.record["step"])
-    if end == total_steps:
-        if jax.process_index() == 0:  # marks the run finished (sweeps skip it)
-            _write_summary(summary, workdir)
-        _log(_done_line(summary))
-    else:
-        _log(f"stopped at step {end}/{total_steps}; relaunch with --workdir={workdir} to resume")
+    if job.best and job.best.record:
+        summary.update(best_metric=job.best.record["metric"],
+                       best_value=job.best.record["value"], best_step=job.best.record["step"])
+    if end < job.total_steps:
+        _log(f"stopped at step {end}/{job.total_steps}; relaunch with --workdir={job.workdir} "
+             "to resume")
+        return summary
+    if jax.process_index() == 0:  # marks the run finished (sweeps skip it)
+        _write_summary(summary, job.workdir)
+    _log(_done_line(summary))
     return summary
 
 

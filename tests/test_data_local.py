@@ -168,9 +168,9 @@ def test_two_processes_see_disjoint_examples_that_cover_the_split(unique_npz, lo
 
 
 def test_streaming_evaluation_in_a_worker_process(unique_npz):
-    from cnnjax.data import sources, streaming
+    from cnnjax.data import streaming
 
-    source = sources.open_source(data_config(unique_npz))
+    source = data.open_source(data_config(unique_npz))
     framing = data.framing_for(source, data_config(unique_npz))
     batches = list(streaming.eval_batches(source.eval, framing, 16, workers=1))
     assert [b["mask"].sum() for b in batches] == [16, 5]

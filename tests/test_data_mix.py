@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnjax import config as config_lib
-from cnnjax import steps
+from cnnjax import data, steps
 from cnnjax.data import augment
 from cnnjax.data.augment import soft_targets
 
@@ -86,7 +86,6 @@ def test_the_loss_takes_soft_targets():
         ("workers", -1, "data.workers must be in \\[0, 256\\]"),
         ("image_size", -8, "data.image_size must be in \\[0, 4096\\]"),
         ("max_memory_mb", 0, "data.max_memory_mb must be > 0"),
-        ("name", "npz:", "needs a path: npz:/path/to/data"),
     ],
 )
 def test_data_fields_are_validated(key, value, message):
@@ -94,6 +93,13 @@ def test_data_fields_are_validated(key, value, message):
     setattr(config.data, key, value)
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.validate(config)
+
+
+def test_a_source_without_its_path_is_refused_when_opened():
+    config = config_lib.defaults()
+    config.data.name = "npz:"
+    with pytest.raises(config_lib.ConfigError, match="needs a path: npz:/path/to/data"):
+        data.open_source(config.data)
 
 
 def test_a_run_trains_with_mixup_and_cutmix(tmp_path, data_dir):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cnnjax import checkpoint, train
+from cnnjax import workdir as workdir_lib
 from cnnjax.config import ConfigError
 from cnnjax.metrics import read_jsonl
 from tests.helpers import snapshot, tiny_config
@@ -84,7 +85,7 @@ def test_a_damaged_summary_is_finished_again_from_the_last_checkpoint(tmp_path, 
     assert "resumed from" in capsys.readouterr().out
     assert {k: again[k] for k in ("step", "test_accuracy", "test_loss")} == {
         k: first[k] for k in ("step", "test_accuracy", "test_loss")}
-    assert train.read_summary(workdir)["step"] == 20
+    assert workdir_lib.read_summary(workdir)["step"] == 20
 
 
 def test_a_workdir_of_a_different_run_is_refused_untouched(tmp_path, data_dir):

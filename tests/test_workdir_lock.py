@@ -8,13 +8,13 @@ import sys
 import pytest
 
 from cnnjax import sweep, train
-from cnnjax.checkpoint import LOCK_FILE, WorkdirLock
 from cnnjax.errors import ConfigError, WorkdirLocked
+from cnnjax.workdir import LOCK_FILE, WorkdirLock
 from tests.helpers import snapshot, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = ("import sys, time\n"
-        "from cnnjax.checkpoint import WorkdirLock\n"
+        "from cnnjax.workdir import WorkdirLock\n"
         "WorkdirLock(sys.argv[1]).acquire()\n"
         "print('locked', flush=True)\n"
         "time.sleep(600)\n")

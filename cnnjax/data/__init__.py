@@ -19,6 +19,7 @@ processes (see ``streaming``); ``auto`` takes ``memory`` when the decoded splits
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -26,13 +27,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from cnnjax.config import LOADERS
+from cnnjax.data import local
 from cnnjax.data.loader import InMemoryLoader, eval_batches
 from cnnjax.data.sources import (
     BUILTIN,
     CorruptImageError,
     DataNotPreparedError,
     Source,
-    open_source,
+    open_tfds,
     prepare_builtin,
     resolve_data_dir,
 )
@@ -70,6 +72,22 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     mean: tuple[float, ...]  # per channel, in uint8 units
     std: tuple[float, ...]
+
+
+# Dataset sources by the prefix of ``data.name`` (``npz:/path``, ``folder:/path``); any other
+# name is a TFDS dataset. A new source is one entry: ``(path, skip_corrupt=, name=) -> Source``.
+SOURCES: dict[str, Callable[..., Source]] = {"npz": local.open_npz, "folder": local.open_folder}
+
+
+def open_source(cfg) -> Source:
+    """Opens the dataset of config section ``data`` (``name``, ``data_dir``, ``skip_corrupt``)."""
+    kind, sep, path = cfg.name.partition(":")
+    if sep and kind in SOURCES:
+        if not path.strip():
+            raise ConfigError(f"data.name={cfg.name!r} needs a path: {kind}:/path/to/data")
+        return SOURCES[kind](os.path.expanduser(path), skip_corrupt=cfg.skip_corrupt,
+                             name=cfg.name)
+    return open_tfds(cfg.name, cfg.data_dir)
 
 
 def names() -> list[str]:

@@ -145,17 +145,6 @@ def _prepare_quietly(tfds, name: str, data_dir: str) -> None:
             builder.download_and_prepare()
 
 
-def open_source(cfg) -> Source:
-    """Opens the dataset of config section ``data`` (``name``, ``data_dir``, ``skip_corrupt``)."""
-    kind, _, path = cfg.name.partition(":")
-    if path and kind in ("npz", "folder"):
-        from cnnjax.data import local
-
-        opener = local.open_npz if kind == "npz" else local.open_folder
-        return opener(os.path.expanduser(path), skip_corrupt=cfg.skip_corrupt, name=cfg.name)
-    return open_tfds(cfg.name, cfg.data_dir)
-
-
 def open_tfds(name: str, data_dir: str = "") -> Source:
     """Opens a prepared TFDS image-classification dataset; raises ``DataNotPreparedError``."""
     import tensorflow_datasets as tfds
