@@ -16,8 +16,9 @@ import re
 from typing import Any
 
 import ml_collections
+import numpy as np
 
-from cnnjax import optim
+from cnnjax import models, optim
 from cnnjax.errors import ConfigError
 
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
@@ -110,8 +111,6 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
 
     ``num_classes`` is left out: the run takes it from the dataset.
     """
-    from cnnjax import models
-
     fields = models.model_fields(name)
     models.check_kwargs(name, overrides)
     fields.update(overrides)
@@ -128,8 +127,6 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
 
 
 def _dtype_name(dtype: Any) -> str:
-    import numpy as np
-
     return np.dtype(dtype).name if not isinstance(dtype, str) else dtype
 
 
@@ -290,8 +287,6 @@ def _validate_data(data: dict[str, Any]) -> None:
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ``ConfigError`` (one line: the value and the fix) for a config that cannot run."""
-    from cnnjax import models
-
     d = to_dict(config)
     _check_keys(d)
     model = dict(d["model"])

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
+from PIL import Image
 
 from cnnjax import checkpoint, files, models, parallel, steps
 from cnnjax import config as config_lib
@@ -154,8 +156,6 @@ def evaluate(config: ml_collections.ConfigDict, variables: dict[str, Any],
 def _gather(*arrays: jax.Array) -> list[np.ndarray]:
     if jax.process_count() == 1:
         return [np.asarray(a) for a in arrays]
-    from jax.experimental import multihost_utils
-
     return [np.asarray(a) for a in multihost_utils.process_allgather(arrays, tiled=True)]
 
 
@@ -236,8 +236,6 @@ def load_inputs(spec: str, image_shape: Sequence[int]) -> tuple[list[str], np.nd
                 f"{(h, w, c)}")
         names = [f"{paths[0]}[{i}]" for i in range(len(images))]
         return names, images.astype(np.uint8)
-    from PIL import Image
-
     images = []
     for p in paths:
         try:

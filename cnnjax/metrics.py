@@ -11,6 +11,8 @@ import jax
 import numpy as np
 
 from cnnjax import files
+from cnnjax.progress import ProgressBar
+from cnnjax.tensorboard import EventWriter
 
 
 def mean_of(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -95,9 +97,6 @@ class RunWriter:
 
     def __init__(self, workdir: str, resume_step: int, total_steps: int, steps_per_epoch: int,
                  batch_size: int):
-        from cnnjax.progress import ProgressBar
-        from cnnjax.tensorboard import EventWriter
-
         self.jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
         kept = read_jsonl(self.jsonl.path) if os.path.exists(self.jsonl.path) else []
         self.last_eval = next(({k: v for k, v in r.items() if k.startswith("eval_")}

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from cnnjax import config as config_lib
-from cnnjax import files, train
+from cnnjax import files, models, train
 from cnnjax.errors import WorkdirLocked
 from cnnjax.workdir import read_summary
 
@@ -168,8 +168,6 @@ def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> tuple
 
     ``model.name`` is applied first and brings that model's own fields with their defaults.
     """
-    from cnnjax import models
-
     config = copy.deepcopy(config)
     typed: dict[str, Any] = {}
     with config.unlocked():

@@ -25,6 +25,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
+
+from cnnjax import data as data_lib
+from cnnjax import evaluate, metrics, models, parallel, steps
 
 INIT_KERNEL = "first_conv_init.npy"  # the first conv's kernel at step 0, saved at the start
 
@@ -252,8 +256,6 @@ def write_plots(
 
     ``init_dir``: where the step-0 kernel was saved (default ``plots_dir``).
     """
-    from cnnjax import evaluate, models, steps
-
     info = data.info
     confusion = evaluate.confusion_matrix(config, variables, data, mesh)
     if jax.process_index() != 0:
@@ -290,10 +292,6 @@ def initial_kernel(plots_dir: str, config, image_shape, num_classes: int) -> np.
     saved = os.path.join(plots_dir, INIT_KERNEL)
     if os.path.exists(saved):
         return np.load(saved)
-    import optax
-
-    from cnnjax import models, parallel, steps
-
     model = models.from_config(config.model, num_classes)
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     state = steps.init_state(model, optax.identity(), config.seed, image_shape, mesh)
@@ -302,9 +300,6 @@ def initial_kernel(plots_dir: str, config, image_shape, num_classes: int) -> np.
 
 def visualize(workdir: str, which: str = "latest") -> list[str]:
     """``--mode=visualize``: every picture for checkpoint ``which`` of ``workdir``."""
-    from cnnjax import data as data_lib
-    from cnnjax import evaluate, metrics, parallel
-
     run = evaluate.load_run(workdir, which)
     data = data_lib.build(run.config.data, run.config.seed, jax.process_index(),
                           jax.process_count())

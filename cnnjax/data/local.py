@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from cnnjax.data import catalog
 from cnnjax.data.sources import ArrayRecords, CorruptImageError, Source
@@ -35,7 +36,7 @@ _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 def holdout(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The fixed hold-out: sorted ``(train_indices, test_indices)`` of ``labels``."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # 1-2 s to import: only for a split
 
     index = np.arange(len(labels))
     _, counts = np.unique(labels, return_counts=True)
@@ -151,8 +152,6 @@ class FolderRecords:
 
 def decode(path: str, mode: str) -> np.ndarray:
     """The image at ``path`` as ``[h, w, c] uint8`` in PIL ``mode`` ('L' or 'RGB')."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             image = np.asarray(im.convert(mode))
@@ -166,8 +165,6 @@ def decode(path: str, mode: str) -> np.ndarray:
 
 def _header(path: str) -> tuple[str, tuple[int, int]] | Exception:
     """``(mode, (height, width))`` from the file's header and integrity check, or the error."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             mode, (w, h) = im.mode, im.size

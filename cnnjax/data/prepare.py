@@ -19,6 +19,7 @@ import urllib.parse
 from absl import app, flags, logging
 
 from cnnjax import signals
+from cnnjax.data import sources
 from cnnjax.errors import ConfigError
 
 PROBE_TIMEOUT_S = 10.0  # per host: an unreachable network answers within this, or never
@@ -34,9 +35,7 @@ _MANUAL_DIR = flags.DEFINE_string(
 
 def prepare(name: str, data_dir: str = "", manual_dir: str | None = None) -> str:
     """Downloads and prepares ``name`` as ArrayRecord; returns the prepared directory."""
-    import tensorflow_datasets as tfds
-
-    from cnnjax.data import sources
+    import tensorflow_datasets as tfds  # 1 s to import: only once a command needs it
 
     data_dir = sources.resolve_data_dir(data_dir)
     if name in sources.BUILTIN:

@@ -33,6 +33,7 @@ from typing import Any
 
 import grain.python as grain
 import numpy as np
+from absl import flags
 
 from cnnjax.data.sources import Records
 from cnnjax.data.transforms import Framing
@@ -44,8 +45,6 @@ _READ_THREADS = 4
 
 def _flags_parsed() -> None:
     # Grain's worker processes read absl flags; outside an absl app nothing has parsed them.
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 

@@ -18,6 +18,8 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -172,9 +174,6 @@ def from_config(section: Any, num_classes: int, axis_name: str | None = None) ->
 def _import_zoo() -> None:
     # Importing a model file registers its models; done lazily so that `cnnjax.models`
     # stays importable without pulling in every architecture.
-    import importlib
-    import pkgutil
-
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from cnnjax.models import get_model
 
@@ -191,8 +192,6 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 def save_pretrained(variables: Any, directory: str | os.PathLike, *, overwrite: bool = False):
     """Writes ``variables`` as an Orbax checkpoint in ``directory`` (returned, made absolute)."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(os.fspath(directory))
     checkpointer = ocp.StandardCheckpointer()
     try:
@@ -205,8 +204,6 @@ def save_pretrained(variables: Any, directory: str | os.PathLike, *, overwrite: 
 
 def load_pretrained(directory: str | os.PathLike) -> Any:
     """Restores a checkpoint written by :func:`save_pretrained` (same tree, jax arrays)."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint directory: {path}")
