@@ -34,6 +34,15 @@ from cnnjax import files
 BEST_DIR = "best_checkpoint"
 
 
+def complete_steps(directory: str) -> list[int]:
+    """The steps of the complete checkpoints in ``directory``, oldest first, read from the
+    folder names alone: Orbax renames a checkpoint's temporary folder to its step once it is
+    complete."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
 def _handlers() -> dict[str, Any]:
     return {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
 

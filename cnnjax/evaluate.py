@@ -43,17 +43,10 @@ class Run:
     variables: dict[str, Any]
 
 
-def _steps(directory: str) -> list[int]:
-    # Orbax renames a checkpoint's temporary directory to its step once it is complete.
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-
-
 def resolve_checkpoint(workdir: str, which: str = "latest") -> tuple[str, int]:
     """(Orbax directory, step) of ``which``: ``latest``, ``best`` or a step number."""
     regular, best = os.path.join(workdir, "checkpoints"), os.path.join(workdir, checkpoint.BEST_DIR)
-    found, found_best = _steps(regular), _steps(best)
+    found, found_best = checkpoint.complete_steps(regular), checkpoint.complete_steps(best)
     if which == "latest":
         if not found:
             raise config_lib.ConfigError(f"no checkpoint in {regular}; train first")
@@ -83,7 +76,8 @@ def load_run(workdir: str, which: str = "latest") -> Run:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise config_lib.ConfigError(
             f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {reason}); "
-            f"choose another with --checkpoint=STEP (there are: {_steps(directory)})") from None
+            "choose another with --checkpoint=STEP (there are: "
+            f"{checkpoint.complete_steps(directory)})") from None
     variables = steps.variables(state["params"], state.get("batch_stats"))
     # Completed with the defaults of fields added since it was trained.
     config = ml_collections.ConfigDict(config_lib.complete(progress["config"]))

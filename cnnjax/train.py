@@ -191,8 +191,8 @@ class Job:
     workdir: str
     data: data_lib.Data
     mesh: Any
-    model: Any
     state: steps.TrainState
+    num_params: int
     train_step: Callable
     eval_step: Callable
     ckpt: Checkpointer
@@ -301,7 +301,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
          f"({data.num_train} train / {data.num_eval} test) for {total_steps} steps "
          f"({spe} per epoch) on {jax.device_count()} device(s); workdir {workdir}")
     return Job(
-        config=config, workdir=workdir, data=data, mesh=mesh, model=model, state=state,
+        config=config, workdir=workdir, data=data, mesh=mesh, state=state,
+        num_params=int(num_params),
         train_step=train_step, eval_step=steps.make_eval_step(mesh, model=model, **stats),
         ckpt=ckpt, best=(BestCheckpoint(workdir, t.best_metric, t.best_mode, best_so_far)
                          if t.best_metric else None),
@@ -359,7 +360,7 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
         "workdir": job.workdir, "step": end, "total_steps": job.total_steps,
         "wall_time_s": time.time() - job.start_time,
         "train_time_s": time.time() - job.loop_start,
-        "num_params": int(sum(x.size for x in jax.tree.leaves(job.state.params))),
+        "num_params": job.num_params,
         **{k.replace("eval_", "test_"): v for k, v in last_eval.items()},
     }
     if job.best and job.best.record:

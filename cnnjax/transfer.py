@@ -26,10 +26,6 @@ _SOURCES = ("give a directory written by `python -m cnnjax.models.pretrained` or
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA")
 
 
-def _steps(directory: str) -> list[int]:
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-
-
 def check_source(path: str) -> None:
     """Raises ``ConfigError`` before any work for an ``init.checkpoint`` that holds no weights
     (``""``, starting from scratch, passes)."""
@@ -39,7 +35,7 @@ def check_source(path: str) -> None:
     if not os.path.exists(full):
         raise ConfigError(f"init.checkpoint {full} does not exist; {_SOURCES}")
     if os.path.isdir(os.path.join(full, "checkpoints")):
-        if not _steps(os.path.join(full, "checkpoints")):
+        if not checkpoint.complete_steps(os.path.join(full, "checkpoints")):
             raise ConfigError(f"init.checkpoint {full} is a workdir with no complete "
                               f"checkpoint; train it first, or {_SOURCES}")
         return
@@ -60,7 +56,8 @@ def load_variables(path: str) -> dict[str, Any]:
     try:
         if os.path.isdir(os.path.join(path, "checkpoints")):
             directory = os.path.join(path, "checkpoints")
-            state, _ = checkpoint.read_step(directory, _steps(directory)[-1])
+            newest = checkpoint.complete_steps(directory)[-1]
+            state, _ = checkpoint.read_step(directory, newest)
             return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
         variables = load_pretrained(path)
     except Exception as e:  # noqa: BLE001 -- any unreadable file: one line naming the path
