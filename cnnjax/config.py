@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cnnjax import models, optim
+from cnnjax import metrics, models, optim
 from cnnjax.errors import ConfigError
 
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
@@ -103,6 +103,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.best_metric = "eval_accuracy"
     c.train.best_mode = "max"  # "max" or "min" (use "min" for eval_loss)
     c.train.plots = True  # PNGs in W/plots at the end of training (about a second)
+    # Where the metrics go: names from cnnjax.metrics.WRITERS, comma-separated. "jsonl"
+    # (metrics.jsonl) is the run's record and always kept; "progress" is the terminal.
+    c.train.writers = "jsonl,tensorboard,progress"
     return c
 
 
@@ -275,9 +278,27 @@ def _check_values(flat: dict[str, Any]) -> None:
         better = "min" if metric == "eval_loss" else "max"
         raise ConfigError(f"train.best_metric={metric!r} with train.best_mode={mode!r} keeps "
                           f"the worst checkpoint; pass --config.train.best_mode={better}")
+    _check_writers(flat["train.writers"])
     if flat["train.num_steps"] == -1 and flat["train.num_epochs"] == 0:
         raise ConfigError("train.num_epochs=0 trains for no step; pass "
                           "--config.train.num_epochs > 0 (or --config.train.num_steps > 0)")
+
+
+def _check_writers(spec: str) -> None:
+    names = metrics.writer_names(spec)
+    for name in names:
+        if name not in metrics.WRITERS:
+            raise ConfigError(
+                f"unknown metric writer {name!r} in train.writers; choose from: "
+                f"{', '.join(metrics.WRITERS)} (or add your own to "
+                "cnnjax.metrics.WRITERS in the config file)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train.writers={spec!r} names a writer twice; name each once")
+    if "jsonl" not in names:
+        raise ConfigError(
+            f"train.writers={spec!r} leaves out 'jsonl': metrics.jsonl is the run's record "
+            "(resumes, plots and sweeps read it); keep it, e.g. "
+            "--config.train.writers=jsonl,progress")
 
 
 def _validate_data(data: dict[str, Any]) -> None:

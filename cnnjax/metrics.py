@@ -1,11 +1,35 @@
-"""Metric arithmetic and the writer of ``metrics.jsonl``."""
+"""Metric arithmetic, and the metric writers: where a run's numbers go.
+
+A writer is made by a factory in ``WRITERS`` from the run's ``RunInfo`` and has three
+methods (``MetricWriter``): ``write_scalars(step, values)`` at every log step and evaluation,
+``write_hparams(config)`` once at the start, and ``close()``. ``train.writers`` names the
+writers of a run: ``jsonl`` (``metrics.jsonl``, the run's record, which plots, resumes and
+sweeps read), ``tensorboard`` (event files in ``tensorboard/``) and ``progress`` (the
+terminal's lines and progress bar). A writer of your own plugs in from a config file::
+
+    from cnnjax import metrics
+
+    class PrintWriter:  # any object with the three methods
+        def __init__(self, run: metrics.RunInfo): ...
+        def write_scalars(self, step, values): print(step, values)
+        def write_hparams(self, config): ...
+        def close(self): ...
+
+    metrics.WRITERS["print"] = PrintWriter
+
+    def get_config():
+        c = cnnjax.config.defaults()
+        c.train.writers = "jsonl,progress,print"
+        return c
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -13,6 +37,8 @@ import numpy as np
 from cnnjax import files
 from cnnjax.progress import ProgressBar
 from cnnjax.tensorboard import EventWriter
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def mean_of(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -24,7 +50,7 @@ def mean_of(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def train_record(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The metrics.jsonl fields of a window of train steps: means, and skipped-step count."""
+    """The logged fields of a window of train steps: means, and skipped-step count."""
     means = mean_of(steps)
     record = {"learning_rate": means.pop("learning_rate")}
     skipped = means.pop("nonfinite", 0.0) * len(steps)
@@ -49,21 +75,158 @@ def summarize_eval(sums: dict[str, Any]) -> dict[str, float]:
     }
 
 
-class JsonlWriter:
-    """Appends one JSON object per line to ``path``; a resumed run first drops the lines
-    written after the checkpoint it resumes from, so the file reads as one uninterrupted run.
+# ------------------------------------------------------------------------------ writers
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a writer may need to know of the run it records."""
+
+    workdir: str
+    start_step: int  # 0, or the step a resumed run starts from
+    total_steps: int
+    steps_per_epoch: int
+    batch_size: int  # global
+
+
+class MetricWriter(Protocol):
+    """The interface of a metric writer. ``values`` are Python floats keyed by metric name
+    (``train_loss``, ``eval_accuracy``, ``learning_rate``, ``epoch``, ...).
+
+    A writer may also define ``on_step(step, metrics)``, called after every training step
+    with that step's metrics still on the device (the progress bar draws from it); fetching
+    them waits for the device, so such a writer must rate-limit itself.
     """
 
-    def __init__(self, path: str, resume_step: int = 0):
-        self.path = path
-        if os.path.exists(path):
-            with open(path, errors="replace") as f:
-                kept = [line for line in f if _step_of(line) <= resume_step]
-            files.write_atomic(path, "".join(kept))
+    def write_scalars(self, step: int, values: dict[str, float]) -> None: ...
+    def write_hparams(self, config: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
 
-    def write(self, record: dict[str, Any]) -> None:
+
+def metrics_path(workdir: str) -> str:
+    return os.path.join(workdir, METRICS_FILE)
+
+
+class JsonlWriter:
+    """``metrics.jsonl``: one JSON object per line, ``{"step": s, **values}``. A resumed run
+    first drops the lines written after the checkpoint it resumes from, so the file reads as
+    one uninterrupted run. The config is in ``config.json``, so ``write_hparams`` adds nothing.
+    """
+
+    def __init__(self, run: RunInfo):
+        self.path = metrics_path(run.workdir)
+        if os.path.exists(self.path):
+            with open(self.path, errors="replace") as f:
+                kept = [line for line in f if _step_of(line) <= run.start_step]
+            files.write_atomic(self.path, "".join(kept))
+
+    def write_scalars(self, step: int, values: dict[str, float]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({"step": step, **values}) + "\n")
+
+    def write_hparams(self, config: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardWriter:
+    """TensorBoard scalars in ``tensorboard/``, mirroring ``metrics.jsonl``: a resumed run
+    rewrites them from the records it keeps, so its curves show no discarded steps."""
+
+    def __init__(self, run: RunInfo):
+        kept = [r for r in read_jsonl(metrics_path(run.workdir)) if r["step"] <= run.start_step]
+        self.events = EventWriter(os.path.join(run.workdir, "tensorboard"), kept)
+
+    def write_scalars(self, step: int, values: dict[str, float]) -> None:
+        self.events.write({"step": step, **values})
+
+    def write_hparams(self, config: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        self.events.close()
+
+
+class ProgressWriter:
+    """The terminal: a line per log step and evaluation, and (on a terminal only) a progress
+    bar for the epoch in progress beneath them."""
+
+    def __init__(self, run: RunInfo):
+        self.total_steps = run.total_steps
+        self.bar = ProgressBar(run.total_steps, run.steps_per_epoch, run.batch_size)
+
+    def on_step(self, step: int, metrics: dict[str, Any]) -> None:
+        self.bar.update(step, metrics)
+
+    def write_scalars(self, step: int, values: dict[str, float]) -> None:
+        self.bar.print(progress_line(step, self.total_steps, values))
+
+    def write_hparams(self, config: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def progress_line(step: int, total_steps: int, values: dict[str, float]) -> str:
+    parts = [f"step {step}/{total_steps}", f"epoch {values.get('epoch', 0.0):.2f}"]
+    for key, fmt in (
+        ("train_loss", "loss {:.4f}"), ("train_accuracy", "acc {:.4f}"),
+        ("eval_loss", "test loss {:.4f}"), ("eval_accuracy", "test acc {:.4f}"),
+        ("learning_rate", "lr {:.4g}"), ("images_per_sec", "{:.0f} img/s"),
+        ("skipped_steps", "skipped {:.0f}"),
+    ):
+        if values.get(key):
+            parts.append(fmt.format(values[key]))
+    return "  ".join(parts)
+
+
+# The one place to add a writer: name -> factory(RunInfo) -> MetricWriter.
+WRITERS: dict[str, Callable[[RunInfo], MetricWriter]] = {
+    "jsonl": JsonlWriter,
+    "tensorboard": TensorBoardWriter,
+    "progress": ProgressWriter,
+}
+
+
+def writer_names(spec: str) -> list[str]:
+    """``"jsonl, progress"`` -> ``["jsonl", "progress"]``."""
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+class Writers:
+    """The writers named in ``train.writers``, called in that order."""
+
+    def __init__(self, spec: str, run: RunInfo):
+        self.writers: list[MetricWriter] = []
+        try:
+            for name in writer_names(spec):
+                self.writers.append(WRITERS[name](run))
+        except BaseException:
+            self.close()
+            raise
+        self._on_step = [w.on_step for w in self.writers if hasattr(w, "on_step")]
+
+    def on_step(self, step: int, metrics: dict[str, Any]) -> None:
+        for on_step in self._on_step:
+            on_step(step, metrics)
+
+    def write_scalars(self, step: int, values: dict[str, float]) -> None:
+        for w in self.writers:
+            w.write_scalars(step, values)
+
+    def write_hparams(self, config: dict[str, Any]) -> None:
+        for w in self.writers:
+            w.write_hparams(config)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+
+# ------------------------------------------------------------------------------ reading
 
 
 def _step_of(line: str) -> float:
@@ -76,46 +239,23 @@ def _step_of(line: str) -> float:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """The records of a metrics file (a line that is not one, torn or damaged, is skipped)."""
+    """The records of a metrics file, ``[]`` if there is none (a line that is not a record,
+    torn or damaged, is skipped)."""
     records = []
+    if not os.path.exists(path):
+        return records
     with open(path, errors="replace") as f:
         for line in f:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict):
+            if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
                 records.append(record)
     return records
 
 
-class RunWriter:
-    """Process 0's record of a run: ``metrics.jsonl``, TensorBoard event files in
-    ``tensorboard/`` (mirroring metrics.jsonl, resumed runs included) and the console (the
-    lines of ``print`` plus, on a terminal, a progress bar).
-    """
-
-    def __init__(self, workdir: str, resume_step: int, total_steps: int, steps_per_epoch: int,
-                 batch_size: int):
-        self.jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
-        kept = read_jsonl(self.jsonl.path) if os.path.exists(self.jsonl.path) else []
-        self.last_eval = next(({k: v for k, v in r.items() if k.startswith("eval_")}
-                               for r in reversed(kept) if "eval_loss" in r), {})
-        self.tensorboard = EventWriter(os.path.join(workdir, "tensorboard"), kept)
-        self.bar = ProgressBar(total_steps, steps_per_epoch, batch_size)
-
-    def update(self, step: int, metrics: dict[str, Any]) -> None:
-        """After every step: advances the progress bar (a no-op off a terminal)."""
-        self.bar.update(step, metrics)
-
-    def write(self, record: dict[str, Any], line: str) -> None:
-        """Records a log/eval step and prints its one-line summary."""
-        self.jsonl.write(record)
-        self.tensorboard.write(record)
-        if "eval_loss" in record:
-            self.last_eval = {k: v for k, v in record.items() if k.startswith("eval_")}
-        self.bar.print(line)
-
-    def close(self) -> None:
-        self.bar.close()
-        self.tensorboard.close()
+def last_eval(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The ``eval_*`` values of the newest record that has them (``{}`` if none)."""
+    return next(({k: v for k, v in r.items() if k.startswith("eval_")}
+                 for r in reversed(records) if "eval_loss" in r), {})

@@ -41,7 +41,7 @@ from cnnjax import files, models, train
 from cnnjax.errors import WorkdirLocked
 from cnnjax.workdir import read_summary
 
-METRICS = ("test_accuracy", "test_top5_accuracy", "test_loss", "best_value")
+METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "best_value")
 
 
 @dataclasses.dataclass

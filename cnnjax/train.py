@@ -177,8 +177,8 @@ def _report_finished(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _done_line(summary: dict[str, Any]) -> str:
-    return (f"done: test accuracy {summary.get('test_accuracy', float('nan')):.4f}, "
-            f"test loss {summary.get('test_loss', float('nan')):.4f}, "
+    return (f"done: test accuracy {summary.get('eval_accuracy', float('nan')):.4f}, "
+            f"test loss {summary.get('eval_loss', float('nan')):.4f}, "
             f"{summary['wall_time_s']:.1f} s, workdir {summary['workdir']}")
 
 
@@ -197,7 +197,7 @@ class Job:
     eval_step: Callable
     ckpt: Checkpointer
     best: BestCheckpoint | None
-    writer: metrics_lib.RunWriter | None  # process 0 only
+    writer: metrics_lib.Writers | None  # process 0 only
     start_step: int
     total_steps: int
     eval_every: int
@@ -229,9 +229,9 @@ class Job:
         return result
 
     def write(self, done: int, record: dict[str, Any]) -> None:
-        record = {"step": done, "epoch": done / self.data.train.steps_per_epoch, **record}
         if self.writer:
-            self.writer.write(record, _progress_line(record, self.total_steps))
+            self.writer.write_scalars(
+                done, {"epoch": done / self.data.train.steps_per_epoch, **record})
 
     def progress(self, done: int) -> dict[str, Any]:
         """The JSON saved beside the state: what a resume needs besides the arrays."""
@@ -284,8 +284,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
     if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)
         lock.keep()  # from here on the workdir holds this run: no more bad-input clean-up
-        writer = metrics_lib.RunWriter(workdir, start_step, total_steps, spe,
-                                       config.data.batch_size)
+        writer = metrics_lib.Writers(t.writers, metrics_lib.RunInfo(
+            workdir, start_step, total_steps, spe, config.data.batch_size))
+        writer.write_hparams(config_lib.to_dict(config))
         if t.plots and start_step == 0:  # the filters before training, for the plots
             viz.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
                                     info.image_shape)
@@ -328,7 +329,7 @@ def train_loop(job: Job, end: int) -> dict[str, float]:
             done = step + 1
             job.pending.append(metrics)
             if job.writer:
-                job.writer.update(done, metrics)
+                job.writer.on_step(done, metrics)
             record: dict[str, Any] = {}
             if due(done, t.log_every_steps):
                 record.update(job.log_window(done))
@@ -350,18 +351,17 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
     """Plots and ``summary.json`` once the last step is reached; the summary either way."""
     signals.set_stage(signals.FINISHING, "relaunch the same command to write the plots and "
                       "the summary")
-    if job.writer:
-        last_eval = last_eval or job.writer.last_eval  # a relaunch that only finishes the run
+    records = metrics_lib.read_jsonl(metrics_lib.metrics_path(job.workdir)) if job.writer else []
+    last_eval = last_eval or metrics_lib.last_eval(records)  # a relaunch that only finishes
     if job.config.train.plots and end == job.total_steps:
         viz.write_plots(os.path.join(job.workdir, "plots"), job.config, job.state.variables,
-                        job.data, job.mesh, end,
-                        job.writer and metrics_lib.read_jsonl(job.writer.jsonl.path))
+                        job.data, job.mesh, end, records)
     summary = {
         "workdir": job.workdir, "step": end, "total_steps": job.total_steps,
         "wall_time_s": time.time() - job.start_time,
         "train_time_s": time.time() - job.loop_start,
         "num_params": job.num_params,
-        **{k.replace("eval_", "test_"): v for k, v in last_eval.items()},
+        **last_eval,
     }
     if job.best and job.best.record:
         summary.update(best_metric=job.best.record["metric"],
@@ -379,15 +379,3 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
 def _write_summary(summary: dict[str, Any], workdir: str) -> None:
     files.write_json(os.path.join(workdir, "summary.json"), summary)
 
-
-def _progress_line(record: dict[str, Any], total_steps: int) -> str:
-    parts = [f"step {record['step']}/{total_steps}", f"epoch {record['epoch']:.2f}"]
-    for key, fmt in (
-        ("train_loss", "loss {:.4f}"), ("train_accuracy", "acc {:.4f}"),
-        ("eval_loss", "test loss {:.4f}"), ("eval_accuracy", "test acc {:.4f}"),
-        ("learning_rate", "lr {:.4g}"), ("images_per_sec", "{:.0f} img/s"),
-        ("skipped_steps", "skipped {:.0f}"),
-    ):
-        if record.get(key):
-            parts.append(fmt.format(record[key]))
-    return "  ".join(parts)

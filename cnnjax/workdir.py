@@ -212,7 +212,11 @@ def read_summary(workdir: str) -> dict[str, Any] | None:
             summary = json.load(f)
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) else None
+    if not isinstance(summary, dict):
+        return None
+    # Summaries written before metrics had one name each called eval_* test_*.
+    return {k.replace("test_", "eval_", 1) if k.startswith("test_") else k: v
+            for k, v in summary.items()}
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

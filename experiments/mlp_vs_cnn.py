@@ -42,7 +42,7 @@ def main() -> None:
             config = get_config(model)
             config.seed = seed
             summary = train.run(config, os.path.join(args.workdir, f"{model}_seed{seed}"))
-            accs.append(summary["test_accuracy"])
+            accs.append(summary["eval_accuracy"])
             times.append(summary["train_time_s"])
             params = summary["num_params"]
         rows.append((model, params, np.mean(accs), np.std(accs), np.mean(times)))

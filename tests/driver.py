@@ -66,18 +66,18 @@ def install_kill(moment: str) -> None:
     elif kind == "eval":
         wrap(train, "_eval", before=count_and_die)
     elif kind == "jsonl":
-        original = metrics.JsonlWriter.write
+        original = metrics.JsonlWriter.write_scalars
 
-        def write(self, record):
+        def write_scalars(self, step, values):
             counter["n"] += 1
             if counter["n"] == n:
                 import json
                 with open(self.path, "a") as f:
-                    f.write(json.dumps(record)[:20])
+                    f.write(json.dumps({"step": step, **values})[:20])
                 die()
-            original(self, record)
+            original(self, step, values)
 
-        metrics.JsonlWriter.write = write
+        metrics.JsonlWriter.write_scalars = write_scalars
     elif kind in ("term", "int"):
         sig = signal.SIGTERM if kind == "term" else signal.SIGINT
         wrap(data.InMemoryLoader, "batch",

@@ -60,4 +60,4 @@ def test_experiment_runs_a_few_steps_on_mock_data(name, tmp_path, data_dir):
         config.train.plots = False
     with tfds.testing.mock_data(num_examples=48):
         summary = train.run(config, str(tmp_path / name))
-    assert summary["step"] == 2 and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["step"] == 2 and 0.0 <= summary["eval_accuracy"] <= 1.0

@@ -112,4 +112,4 @@ def test_a_run_trains_with_mixup_and_cutmix(tmp_path, data_dir):
     if "plots" in config.train:
         config.train.plots = False
     summary = train.run(config, str(tmp_path / "run"))
-    assert summary["step"] == 4 and summary["test_loss"] > 0
+    assert summary["step"] == 4 and summary["eval_loss"] > 0

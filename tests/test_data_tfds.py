@@ -184,7 +184,7 @@ def test_a_streaming_run_resumed_mid_epoch_matches_an_uninterrupted_one(tmp_path
         a = train.run(config, straight)
         assert train.run(config, resumed, stop_at_step=3)["step"] == 3
         b = train.run(config, resumed)
-    assert a["test_loss"] == b["test_loss"] and a["test_accuracy"] == b["test_accuracy"]
+    assert a["eval_loss"] == b["eval_loss"] and a["eval_accuracy"] == b["eval_accuracy"]
 
 
 def test_launch_reports_an_unprepared_dataset_in_one_line(tmp_path):

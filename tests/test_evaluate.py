@@ -31,7 +31,7 @@ def test_eval_equals_the_training_loops_last_eval(tiny_run):  # noqa: F811
     assert result["step"] == 20
     for key in EVAL_KEYS:
         assert result[key] == last[key], key  # exactly: the same eval_step on the same batches
-    assert result["eval_accuracy"] == summary["test_accuracy"]
+    assert result["eval_accuracy"] == summary["eval_accuracy"]
     cm = np.asarray(result["confusion_matrix"])
     assert cm.shape == (10, 10) and cm.sum() == result["num_examples"] == 450
     assert np.trace(cm) == round(result["eval_accuracy"] * 450)
@@ -88,7 +88,7 @@ def test_predict_from_npz_agrees_with_the_training_eval(tiny_run, tmp_path):  # 
     np.savez(tmp_path / "x.npz", images=images[:, :, :, 0])  # [n, h, w]: channel added
     rows = evaluate.run_predict(workdir, str(tmp_path / "x.npz"))
     predicted = np.array([r["predicted"] for r in rows])
-    assert np.mean(predicted == labels) == summary["test_accuracy"]
+    assert np.mean(predicted == labels) == summary["eval_accuracy"]
     assert rows[5]["input"].endswith("x.npz[5]")
 
 

@@ -94,7 +94,7 @@ def test_eval_mode_reads_a_checkpoint_written_on_another_device_count(tmp_path, 
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
     assert report["num_examples"] == 450
-    assert report["eval_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    assert report["eval_accuracy"] == pytest.approx(summary["eval_accuracy"], abs=1e-6)
 
 
 def test_relaunches_and_sweeps_share_the_compilation_cache(tmp_path, data_dir):

@@ -108,12 +108,12 @@ def test_a_sweep_resumes_skips_finished_points_and_tabulates(data_dir, tmp_path,
     assert [r["point"] for r in rows] == names
     assert [r["seed"] for r in rows] == ["0", "1"]
     assert all(r["status"] == "finished" and r["step"] == "4" for r in rows)
-    accuracies = [float(r["test_accuracy"]) for r in rows]
+    accuracies = [float(r["eval_accuracy"]) for r in rows]
     with open(os.path.join(root, "results_mean.csv")) as f:
         (group,) = list(csv.DictReader(f))
     assert group["optimizer.learning_rate"] == "0.05" and group["n"] == "2"
-    assert float(group["test_accuracy_mean"]) == pytest.approx(sum(accuracies) / 2)
-    assert float(group["test_accuracy_std"]) == pytest.approx(
+    assert float(group["eval_accuracy_mean"]) == pytest.approx(sum(accuracies) / 2)
+    assert float(group["eval_accuracy_std"]) == pytest.approx(
         abs(accuracies[0] - accuracies[1]) / 2**0.5)
     md = open(os.path.join(root, "results.md")).read()
     assert "2 of 2 points finished" in md and " ± " in md

@@ -49,7 +49,7 @@ def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, dat
 def test_workdir_files_and_summary(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     summary = train.run(tiny_config(data_dir), workdir)
-    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["step"] == 20
+    assert 0.0 <= summary["eval_accuracy"] <= 1.0 and summary["step"] == 20
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["train"]["num_steps"] == 20
     records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -83,8 +83,8 @@ def test_a_damaged_summary_is_finished_again_from_the_last_checkpoint(tmp_path, 
     capsys.readouterr()
     again = train.run(config, workdir)
     assert "resumed from" in capsys.readouterr().out
-    assert {k: again[k] for k in ("step", "test_accuracy", "test_loss")} == {
-        k: first[k] for k in ("step", "test_accuracy", "test_loss")}
+    assert {k: again[k] for k in ("step", "eval_accuracy", "eval_loss")} == {
+        k: first[k] for k in ("step", "eval_accuracy", "eval_loss")}
     assert workdir_lib.read_summary(workdir)["step"] == 20
 
 
