@@ -24,6 +24,9 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from cnnjax import overrides  # noqa: E402
+from cnnjax.errors import ConfigError  # noqa: E402
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, "experiments", "default.py")
 
@@ -33,33 +36,16 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _unknown_override(error: Exception) -> str:
-    # ml_collections resolves --config.a.b overrides while the flag is defined and raises a
-    # KeyError/AttributeError whose text holds the bad key and a suggestion.
-    text = str(error).replace("\\'", "'").strip("'\"")
-    key = re.match(r"'?([^'\n]+)'?", text).group(1) if text else "?"
-    flag = next((a for a in sys.argv[1:] if a.startswith("--config.")
-                 and key in a.split("=", 1)[0].split(".")), key)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    suggestion = f"; did you mean {hint.group(1)!r}?" if hint else ""
-    if flag.startswith("--config.model.") and any(
-        a.startswith("--config.model.name=") for a in sys.argv[1:]
-    ):
-        suggestion += (
-            "; the config file's model section has the fields of its own model: for another "
-            "model's fields use a config file of that model (e.g. experiments/default.py:mlp)"
-        )
-    return f"unknown config key {key!r} in {flag.split('=')[0]}{suggestion}"
-
-
+# ``--config.a.b=v`` overrides are applied by cnnjax.overrides, the path sweeps take too, once
+# the config file has run; ml_collections sees only ``--config=FILE``.
 try:
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", DEFAULT_CONFIG, "Experiment config file (Python, run as code).",
-        lock_config=True,
-    )
-except (KeyError, AttributeError) as e:
-    _fail(_unknown_override(e))
-
+    sys.argv[1:], _OVERRIDES = overrides.from_argv(sys.argv[1:])
+except ConfigError as e:
+    _fail(str(e))
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", DEFAULT_CONFIG, "Experiment config file (Python, run as code).",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config, metrics and checkpoints (default: workdirs/<config>)."
 )
@@ -122,36 +108,10 @@ def _load_config():
         _fail(_config_failure(config_arg, f"{type(cause).__name__}: {cause}"))
     if not isinstance(config, ml_collections.ConfigDict):
         _fail(_not_a_config(path, type(config).__name__))
-    return _switch_model(config, path, config_arg.partition(":")[2])
-
-
-def _switch_model(config, path: str, variant: str):
-    """``--config.model.name=X`` naming another model than the file's brings X's own fields.
-
-    The file's model section holds every field of *its* model (so each can be overridden);
-    kept under another name they would silently rebuild the old model. The model fields also
-    given on the command line are kept.
-    """
-    prefix = "--config.model."
-    given = {a[len(prefix):].split("=", 1)[0] for a in sys.argv[1:] if a.startswith(prefix)}
-    if "name" not in given:
-        return config
-    from cnnjax.config import model_config
-
-    spec = importlib.util.spec_from_file_location("_config_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    original = module.get_config(*([variant] if variant else []))
-    if original.model.name == config.model.name:
-        return config
-    kept = {k: config.model[k] for k in given - {"name"}}
     try:
-        section = model_config(config.model.name, **kept)
-    except ValueError as e:
-        _fail(f"{e} (with --config.model.name={config.model.name})")
-    with config.unlocked():
-        config.model = section
-    return config
+        return overrides.apply(config, _OVERRIDES, where=overrides.FLAG)[0]
+    except ConfigError as e:
+        _fail(str(e))
 
 
 def _sweep_points(config):
@@ -172,7 +132,7 @@ def _sweep_points(config):
 
 def _use_run(mode: str) -> None:
     """--mode=eval/predict/visualize on the run in --workdir."""
-    from cnnjax import evaluate, viz
+    from cnnjax import evaluate, probe
 
     signals.set_stage(signals.STARTING, f"before --mode={mode} wrote anything")
     if not _WORKDIR.value:
@@ -184,7 +144,7 @@ def _use_run(mode: str) -> None:
             _fail("--mode=predict needs --inputs=a.png,b.png or --inputs=x.npz")
         evaluate.run_predict(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value)
     else:
-        viz.visualize(_WORKDIR.value, _CHECKPOINT.value)
+        probe.visualize(_WORKDIR.value, _CHECKPOINT.value)
 
 
 def _check_config_path(path: str) -> None:
@@ -243,11 +203,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if "--verbose" in argv:
             raise
         _check_config_path(path)
-        if returned := _returned_type(path, variant):  # overrides met a dict, say
+        if returned := _returned_type(path, variant):
             _fail(_not_a_config(path, returned))
-        if isinstance(e, (KeyError, AttributeError)) and "get_config" not in str(e):
-            # the file is fine: an override is not
-            _fail(_unknown_override(e))
         _fail(_config_failure(config_arg, f"{type(e).__name__}: {e}"))
 
 
@@ -268,7 +225,6 @@ def main(argv: list[str]) -> int:
                               "ignore::UserWarning:multiprocessing.resource_tracker")
     config = _load_config()
     from cnnjax import parallel, train
-    from cnnjax.config import ConfigError
 
     try:
         parallel.initialize_distributed(

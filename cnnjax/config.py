@@ -178,7 +178,8 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(changed)
 
 
-def _suggest(key: str, valid: list[str]) -> str:
+def did_you_mean(key: str, valid: list[str]) -> str:
+    """The hint ``; did you mean 'X'?`` for the closest of ``valid`` to ``key`` ("" if none)."""
     close = difflib.get_close_matches(key, valid, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -190,7 +191,7 @@ def _check_keys(config: dict[str, Any]) -> None:
         if key.startswith("model."):
             continue
         if key not in schema:
-            raise ConfigError(f"unknown config key {key!r}{_suggest(key, list(schema))}")
+            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, list(schema))}")
         expected = schema[key]
         if isinstance(expected, bool) != isinstance(value, bool) or (
             isinstance(expected, (int, float)) and not isinstance(value, (int, float))
@@ -241,9 +242,9 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.max_memory_mb": (lambda v: v > 0, "> 0"),
     "data.workers": (lambda v: 0 <= v <= MAX_WORKERS, f"in [0, {MAX_WORKERS}]"),
 }
-CHOICES: dict[str, tuple[str, ...]] = {
-    "optimizer.name": OPTIMIZERS,
-    "optimizer.schedule": SCHEDULES,
+CHOICES: dict[str, Any] = {
+    "optimizer.name": optim.OPTIMIZERS,  # the tables themselves: an entry added at run time
+    "optimizer.schedule": optim.SCHEDULES,  # (from a config file, say) is a valid choice
     "train.nan_policy": NAN_POLICIES,
     "train.best_metric": BEST_METRICS,
     "train.best_mode": ("max", "min"),

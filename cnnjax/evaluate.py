@@ -1,4 +1,4 @@
-"""Evaluation and prediction from a workdir's checkpoints, and the best-checkpoint record.
+"""Evaluation and prediction from a workdir's checkpoints.
 
     python launch.py --mode=eval --workdir=W [--checkpoint=latest|best|STEP]
     python launch.py --mode=predict --workdir=W --inputs=a.png,b.png   # or --inputs=x.npz
@@ -113,11 +113,8 @@ def eval_metrics(config: ml_collections.ConfigDict, variables: dict[str, Any],
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}), opt_state=None,
                              rng=jnp.zeros((2,), jnp.uint32))
-    totals = None
-    for local in data.eval_batches(config.data.eval_batch_size):
-        sums = eval_step(state, parallel.global_batch(local, mesh))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    return metrics_lib.summarize_eval(totals)
+    return metrics_lib.summarize_eval(steps.eval_sums(
+        eval_step, state, data.eval_batches(config.data.eval_batch_size), mesh))
 
 
 def confusion_matrix(config: ml_collections.ConfigDict, variables: dict[str, Any],

@@ -226,3 +226,12 @@ def make_eval_step(mesh: Mesh, **kwargs) -> Callable:
         lambda s, b: eval_step_per_device(s, b, **kwargs), mesh, (P(), P(parallel.AXIS)), P()
     )
     return jax.jit(fn, compiler_options=parallel.compiler_options(mesh))
+
+
+def eval_sums(eval_step: Callable, state: TrainState, batches, mesh: Mesh) -> dict[str, Any]:
+    """``eval_step``'s sums over every batch of ``batches`` (host batches of this process)."""
+    totals = None
+    for local in batches:
+        sums = eval_step(state, parallel.global_batch(local, mesh))
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    return totals

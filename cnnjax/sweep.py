@@ -19,10 +19,7 @@ only in ``seed``. Every point's config is checked before any training starts.
 
 from __future__ import annotations
 
-import ast
-import copy
 import dataclasses
-import difflib
 import hashlib
 import importlib.util
 import itertools
@@ -37,7 +34,8 @@ import ml_collections
 import numpy as np
 
 from cnnjax import config as config_lib
-from cnnjax import files, models, train
+from cnnjax import files, train
+from cnnjax import overrides as overrides_lib
 from cnnjax.errors import WorkdirLocked
 from cnnjax.workdir import read_summary
 
@@ -116,84 +114,6 @@ def from_config_file(path: str) -> list[dict[str, Any]] | None:
         f"get_sweep() in {path} must return {{key: [values]}} or a list of dicts")
 
 
-def _coerce(key: str, raw: Any, current: Any) -> Any:
-    """``raw`` (text from the command line, or a Python value) as the type of ``current``."""
-    text = isinstance(raw, str) and not isinstance(current, str)
-    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-                tuple: "a tuple such as (8,16)", list: "a tuple such as (8,16)"}.get(
-                    type(current), type(current).__name__)
-    try:
-        if isinstance(current, bool):
-            if text and raw.lower() in ("true", "false", "1", "0"):
-                return raw.lower() in ("true", "1")
-            if isinstance(raw, bool):
-                return raw
-        elif isinstance(current, int):
-            value = int(raw) if text else raw
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        elif isinstance(current, float):
-            value = float(raw) if text else raw
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-        elif isinstance(current, (tuple, list)):
-            value = ast.literal_eval(raw) if text else raw
-            if isinstance(value, (tuple, list)):
-                return tuple(value)
-        elif isinstance(current, str):
-            if isinstance(raw, str):
-                return raw
-        else:  # None or another type: take a Python literal, or the text itself
-            try:
-                return ast.literal_eval(raw) if text else raw
-            except (ValueError, SyntaxError):
-                return raw
-    except (ValueError, SyntaxError):
-        pass
-    raise config_lib.ConfigError(f"sweep value {raw!r} for {key} must be {expected}")
-
-
-def _flat_keys(tree: Any, prefix: str = "") -> list[str]:
-    if isinstance(tree, ml_collections.ConfigDict):
-        tree = config_lib.to_dict(tree)
-    keys = []
-    for k, v in tree.items():
-        keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return keys
-
-
-def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> tuple[
-        ml_collections.ConfigDict, dict[str, Any]]:
-    """A copy of ``config`` with ``overrides``, each checked against the field's type.
-
-    ``model.name`` is applied first and brings that model's own fields with their defaults.
-    """
-    config = copy.deepcopy(config)
-    typed: dict[str, Any] = {}
-    with config.unlocked():
-        if "model.name" in overrides:
-            name = str(overrides["model.name"])
-            if name not in models.names():
-                raise config_lib.ConfigError(
-                    f"unknown model {name!r} in sweep; choose one of: {', '.join(models.names())}")
-            config.model = config_lib.model_config(name)
-        keys = _flat_keys(config)
-        for key, raw in overrides.items():
-            if key == "model.name":
-                typed[key] = config.model.name
-                continue
-            if key not in keys:
-                close = difflib.get_close_matches(key, keys, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise config_lib.ConfigError(f"unknown config key {key!r} in sweep{hint}")
-            *parents, leaf = key.split(".")
-            node = config
-            for part in parents:
-                node = node[part]
-            node[leaf] = typed[key] = _coerce(key, raw, node[leaf])
-    return config, typed
-
-
 def _format(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -218,7 +138,7 @@ def expand(config: ml_collections.ConfigDict, points: list[dict[str, Any]],
     """Configs of every point, each validated (``ConfigError`` before any work)."""
     result, names = [], set()
     for i, overrides in enumerate(points):
-        point_config, typed = apply(config, overrides)
+        point_config, typed = overrides_lib.apply(config, overrides, where="sweep")
         try:
             config_lib.validate(point_config, device_count)
         except config_lib.ConfigError as e:

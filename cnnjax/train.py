@@ -25,7 +25,7 @@ import ml_collections
 
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
-from cnnjax import files, models, optim, parallel, signals, steps, transfer, viz
+from cnnjax import files, models, optim, parallel, probe, signals, steps, transfer
 from cnnjax import metrics as metrics_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.checkpoint import BestCheckpoint, Checkpointer
@@ -116,11 +116,8 @@ def check_head(config: ml_collections.ConfigDict, params: Any) -> None:
 
 
 def _eval(eval_step, state, data: data_lib.Data, batch_size: int, mesh) -> dict[str, float]:
-    totals = None
-    for local in data.eval_batches(batch_size):
-        sums = eval_step(state, parallel.global_batch(local, mesh))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    return metrics_lib.summarize_eval(totals)
+    return metrics_lib.summarize_eval(
+        steps.eval_sums(eval_step, state, data.eval_batches(batch_size), mesh))
 
 
 def _check_finite(pending: list[dict[str, Any]], first_step: int, policy: str) -> None:
@@ -288,7 +285,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
             workdir, start_step, total_steps, spe, config.data.batch_size))
         writer.write_hparams(config_lib.to_dict(config))
         if t.plots and start_step == 0:  # the filters before training, for the plots
-            viz.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
+            probe.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
                                     info.image_shape)
     stats = {"mean": info.mean, "std": info.std}
     train_step = steps.make_train_step(
@@ -354,8 +351,8 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
     records = metrics_lib.read_jsonl(metrics_lib.metrics_path(job.workdir)) if job.writer else []
     last_eval = last_eval or metrics_lib.last_eval(records)  # a relaunch that only finishes
     if job.config.train.plots and end == job.total_steps:
-        viz.write_plots(os.path.join(job.workdir, "plots"), job.config, job.state.variables,
-                        job.data, job.mesh, end, records)
+        probe.write_plots(os.path.join(job.workdir, "plots"), job.config,
+                          job.state.variables, job.data, job.mesh, end, records)
     summary = {
         "workdir": job.workdir, "step": end, "total_steps": job.total_steps,
         "wall_time_s": time.time() - job.start_time,

@@ -1,132 +1,54 @@
-"""Pictures of a run, as PNGs in ``<workdir>/plots``:
+"""Pictures of a run, drawn from arrays given to it, as PNGs in ``<workdir>/plots``:
 
 * ``curves.png``: train and test loss and accuracy against the step (from metrics.jsonl);
 * ``first_conv_filters.png``: the first convolution's filters at step 0 and now;
 * ``feature_maps.png``: a test image and the feature maps of each convolution stage;
 * ``confusion_matrix.png``: true against predicted class on the test split.
 
-Written at the end of training (``train.plots``), and by
-``python launch.py --mode=visualize --workdir=W [--checkpoint=latest|best|STEP]`` for any
-checkpoint (into ``plots/`` for the latest, ``plots/<checkpoint>/`` otherwise).
-
-Works for any registered model without knowing its layout: module calls are recorded in
-execution order with ``flax.linen.intercept_methods`` (the mechanism behind
-``capture_intermediates``, which records outputs but not their order). The first
-convolution is the first module called that owns a 4-D ``kernel``; a "stage" is a run of
-consecutive top-level modules whose outputs share one ``[h, w, c]`` shape, shown by its last
-output (a ResNet stage's last block; a CNN layer's BatchNorm, or its convolution).
+``cnnjax.probe`` computes what they show; this module only draws (matplotlib, no pyplot).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
-import optax
-
-from cnnjax import data as data_lib
-from cnnjax import evaluate, metrics, models, parallel, steps
-
-INIT_KERNEL = "first_conv_init.npy"  # the first conv's kernel at step 0, saved at the start
 
 
-def trace(model: nn.Module, variables: Any, images: Any, abstract: bool = False):
-    """Runs ``model`` on ``images`` (normalised float ``[b, h, w, c]``), recording module calls.
+@dataclasses.dataclass
+class Pictures:
+    """What a checkpoint's pictures show; a picture whose arrays are missing is not drawn."""
 
-    Returns ``(started, finished)``: module paths in the order their calls began, and
-    ``(path, output)`` pairs in the order they returned (4-D outputs only). ``abstract``
-    traces shapes only (``jax.eval_shape``: nothing is compiled or computed).
-    """
-    started: list[tuple[str, ...]] = []
-    paths: list[tuple[str, ...]] = []
-    outputs: list = []
-
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        started.append(tuple(context.module.scope.path))
-        out = next_fun(*args, **kwargs)
-        if getattr(out, "ndim", 0) == 4:
-            paths.append(tuple(context.module.scope.path))
-            outputs.append(out)
-        return out
-
-    def run(variables, images):
-        for recorded in (started, paths, outputs):
-            recorded.clear()
-        with nn.intercept_methods(interceptor):
-            model.apply(variables, images, train=False)
-        return list(outputs)
-
-    if abstract:
-        results = jax.eval_shape(run, variables, images)
-    else:
-        results = jax.jit(run)(variables, images)
-    return list(started), list(zip(paths, results, strict=True))
+    title: str  # "cnn on digits, step 1260"
+    step: int
+    records: list[dict[str, Any]]  # metrics.jsonl up to ``step``
+    confusion: np.ndarray  # [true class, predicted class] counts
+    image: np.ndarray  # [h, w, c] uint8: the test image of the feature maps
+    stages: list[tuple[str, np.ndarray]]  # (label, [h, w, c] maps) per stage
+    kernel: np.ndarray | None  # the first convolution's [kh, kw, in, out] kernel
+    initial_kernel: np.ndarray | None  # the same at step 0
 
 
-def _conv_path(started: list, params: dict) -> tuple[str, ...] | None:
-    for path in started:
-        node = _subtree(params, path)
-        if isinstance(node, dict) and getattr(node.get("kernel"), "ndim", 0) == 4:
-            return path
-    return None
+def write_plots(plots_dir: str, shown: Pictures) -> list[str]:
+    """Draws ``shown`` into ``plots_dir``; returns the PNG paths."""
+    os.makedirs(plots_dir, exist_ok=True)
+    written = []
 
+    def path(name: str) -> str:
+        written.append(os.path.join(plots_dir, name))
+        return written[-1]
 
-def first_conv_kernel(model: nn.Module, params: dict, image_shape) -> np.ndarray | None:
-    """``[kh, kw, in, out]`` kernel of the first convolution run, or None without one."""
-    images = jax.ShapeDtypeStruct((1, *image_shape), np.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), images)
-    started, _ = trace(model, variables, images, abstract=True)
-    path = _conv_path(started, params)
-    return None if path is None else _host(_subtree(params, path)["kernel"])
-
-
-def _host(x: Any) -> np.ndarray:
-    """A replicated (possibly multi-process) array as numpy."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-
-
-def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
-
-
-def save_initial_kernel(plots_dir: str, model: nn.Module, params: dict, image_shape) -> None:
-    """Keeps the step-0 first-conv kernel for ``first_conv_filters.png`` at the end."""
-    kernel = first_conv_kernel(model, params, image_shape)
-    if kernel is not None:
-        os.makedirs(plots_dir, exist_ok=True)
-        np.save(os.path.join(plots_dir, INIT_KERNEL), kernel)
-
-
-def stages(finished: list) -> list[tuple[str, np.ndarray]]:
-    """``(label, [h, w, c] feature maps)`` per convolution stage, from ``trace``'s output."""
-    depth = min((len(p) for p, _ in finished if p), default=0)
-    top = [(p, np.asarray(o[0])) for p, o in finished if len(p) == depth]
-    groups: list[list] = []
-    for path, out in top:
-        if groups and groups[-1][-1][1].shape == out.shape:
-            groups[-1].append((path, out))
-        else:
-            groups.append([(path, out)])
-    result = []
-    for g in groups:
-        first, last = "/".join(g[0][0]), "/".join(g[-1][0])
-        label = first if first == last else f"{first} .. {last}"
-        result.append((f"{label}  {'x'.join(map(str, g[-1][1].shape))}", g[-1][1]))
-    return result
-
-
-# ------------------------------------------------------------------------------ drawing
+    if shown.records:
+        plot_curves(shown.records, path("curves.png"), shown.title)
+    if shown.kernel is not None:
+        plot_filters(shown.initial_kernel, shown.kernel, path("first_conv_filters.png"),
+                     shown.step)
+    if shown.stages:
+        plot_feature_maps(shown.image, shown.stages, path("feature_maps.png"))
+    plot_confusion(shown.confusion, path("confusion_matrix.png"), f"{shown.title}: ")
+    return written
 
 
 def _figure(width: float, height: float):
@@ -242,73 +164,3 @@ def plot_confusion(confusion: np.ndarray, path: str, title: str = "") -> None:
     ax.set(xlabel="predicted class", ylabel="true class",
            title=f"{title}accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} on {cm.sum()} examples")
     fig.savefig(path)
-
-
-# ------------------------------------------------------------------------------ a run's plots
-
-
-def write_plots(
-    plots_dir: str, config, variables: dict, data, mesh, step: int,
-    records: list[dict[str, Any]] | None = None, init_dir: str | None = None,
-) -> list[str]:
-    """Draws every picture of checkpoint ``step``; returns the PNG paths (process 0 draws;
-    every process must call it, as the confusion matrix is computed over all devices).
-
-    ``init_dir``: where the step-0 kernel was saved (default ``plots_dir``).
-    """
-    info = data.info
-    confusion = evaluate.confusion_matrix(config, variables, data, mesh)
-    if jax.process_index() != 0:
-        return []
-    model = models.from_config(config.model, info.num_classes)
-    host = jax.tree.map(_host, variables)
-    image = next(iter(data.eval_batches(config.data.eval_batch_size)))["images"][:1]
-    started, finished = trace(model, host, steps.normalize(image, info.mean, info.std))
-    os.makedirs(plots_dir, exist_ok=True)
-    name = f"{config.model.name} on {info.name}, step {step}"
-    written = {}
-    if records:
-        written["curves"] = os.path.join(plots_dir, "curves.png")
-        plot_curves(records, written["curves"], name)
-    path = _conv_path(started, host["params"])
-    if path is not None:
-        written["filters"] = os.path.join(plots_dir, "first_conv_filters.png")
-        before = initial_kernel(init_dir or plots_dir, config, info.image_shape,
-                                info.num_classes)
-        plot_filters(before, _subtree(host["params"], path)["kernel"],
-                     written["filters"], step)
-    maps = stages(finished)
-    if maps:
-        written["maps"] = os.path.join(plots_dir, "feature_maps.png")
-        plot_feature_maps(image[0], maps, written["maps"])
-    written["confusion"] = os.path.join(plots_dir, "confusion_matrix.png")
-    plot_confusion(confusion, written["confusion"], f"{name}: ")
-    return list(written.values())
-
-
-def initial_kernel(plots_dir: str, config, image_shape, num_classes: int) -> np.ndarray | None:
-    """The first conv's step-0 kernel: saved at the start of training, or else re-initialised
-    with the run's seed (exact unless the run started from other weights)."""
-    saved = os.path.join(plots_dir, INIT_KERNEL)
-    if os.path.exists(saved):
-        return np.load(saved)
-    model = models.from_config(config.model, num_classes)
-    mesh = parallel.make_mesh(jax.local_devices()[:1])
-    state = steps.init_state(model, optax.identity(), config.seed, image_shape, mesh)
-    return first_conv_kernel(model, jax.device_get(state.params), image_shape)
-
-
-def visualize(workdir: str, which: str = "latest") -> list[str]:
-    """``--mode=visualize``: every picture for checkpoint ``which`` of ``workdir``."""
-    run = evaluate.load_run(workdir, which)
-    data = data_lib.build(run.config.data, run.config.seed, jax.process_index(),
-                          jax.process_count())
-    init_dir = os.path.join(run.workdir, "plots")
-    plots_dir = init_dir if which == "latest" else os.path.join(init_dir, which)
-    jsonl = os.path.join(run.workdir, "metrics.jsonl")
-    records = metrics.read_jsonl(jsonl) if os.path.exists(jsonl) else []
-    written = write_plots(plots_dir, run.config, run.variables, data, parallel.make_mesh(),
-                          run.step, [r for r in records if r["step"] <= run.step], init_dir)
-    for path in written:
-        print(path)
-    return written

@@ -4,8 +4,10 @@ and the extension points are tables."""
 import ast
 import os
 
+import pytest
+
 from cnnjax import config as config_lib
-from cnnjax import data, models, optim
+from cnnjax import data, metrics, models, optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,3 +66,17 @@ def test_the_extension_points_are_tables():
     assert config_lib.SCHEDULES == tuple(optim.SCHEDULES)
     assert set(data.SOURCES) == {"npz", "folder"}
     assert "resnet50" in models.names() and "cnn" in models.names()
+
+
+def test_an_entry_added_to_a_table_at_run_time_is_a_valid_choice(monkeypatch):
+    """What a config file does to plug in its own optimizer, schedule or writer."""
+    config = config_lib.defaults()
+    config.optimizer.name, config.optimizer.schedule = "mine", "mine"
+    config.train.writers = "jsonl,mine"
+    for key in ("optimizer", "schedule", "writer"):
+        with pytest.raises(config_lib.ConfigError, match=f"unknown {key}|metric {key}"):
+            config_lib.validate(config)
+        table = {"optimizer": optim.OPTIMIZERS, "schedule": optim.SCHEDULES,
+                 "writer": metrics.WRITERS}[key]
+        monkeypatch.setitem(table, "mine", next(iter(table.values())))
+    config_lib.validate(config)
