@@ -1,9 +1,10 @@
-"""torchvision ResNet weights -> cnnjax ResNet variables, and Orbax checkpoints of them.
+"""torchvision weights -> cnnjax variables, and Orbax checkpoints of them (every arch in
+``ARCHS``: the ResNets, ResNeXts, Wide ResNets and VGGs).
 
 Usage::
 
     state_dict = load_torch_state_dict("resnet50.pth")       # torch.load(..., weights_only=True)
-    variables = convert_torchvision_resnet(state_dict, "resnet50")
+    variables = convert_torchvision(state_dict, "resnet50")
     save_pretrained(variables, "/ckpt/resnet50")
     variables = load_pretrained("/ckpt/resnet50")
     logits = get_model("resnet50").apply(variables, images_nhwc)
@@ -36,7 +37,12 @@ import orbax.checkpoint as ocp
 
 from cnnjax.models import get_model
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+         "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+         "wide_resnet50_2", "wide_resnet101_2",
+         "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+# torchvision's name of the last layer (cnnjax's ``head``), by the arch's family (its prefix).
+HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "vgg": "classifier.6"}
 
 # Flax leaf names -> torchvision's, per collection.
 _LEAF = {
@@ -44,12 +50,17 @@ _LEAF = {
     "batch_stats": {"mean": "running_mean", "var": "running_var"},
 }
 # Flax module names that are not torchvision's with "_" -> ".".
-_MODULE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1", "head": "fc"}
+_MODULE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
 
 
-def _torch_key(collection: str, path: tuple[str, ...]) -> str:
+def head_key(arch: str) -> str:
+    """torchvision's name of ``arch``'s last layer: ``fc`` (ResNets), ``classifier.6`` (VGG)."""
+    return next(HEADS[f] for f in sorted(HEADS, key=len, reverse=True) if arch.startswith(f))
+
+
+def _torch_key(collection: str, path: tuple[str, ...], head: str = "fc") -> str:
     *modules, leaf = path
-    parts = [_MODULE.get(m, m.replace("_", ".")) for m in modules]
+    parts = [head if m == "head" else _MODULE.get(m, m.replace("_", ".")) for m in modules]
     return ".".join([*parts, _LEAF[collection][leaf]])
 
 
@@ -119,10 +130,10 @@ def expected_variables(arch: str, num_classes: int | None = None) -> dict:
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
 
 
-def convert_torchvision_resnet(
+def convert_torchvision(
     state_dict: Mapping[str, Any], arch: str, *, num_classes: int | None = None
 ) -> dict:
-    """Converts a torchvision ``resnetXX`` state_dict into ``{"params", "batch_stats"}``.
+    """Converts a torchvision state_dict of ``arch`` into ``{"params", "batch_stats"}``.
 
     The result has exactly the tree of ``get_model(arch, num_classes=...).init(...)`` (float32
     arrays); ``num_classes`` defaults to the model's own default (1000, as torchvision's).
@@ -131,8 +142,8 @@ def convert_torchvision_resnet(
     expected = expected_variables(arch, num_classes)
     wanted: dict[str, tuple[str, tuple[str, ...], Any]] = {}
     for collection in ("params", "batch_stats"):
-        for path, spec in _flatten(expected[collection]).items():
-            wanted[_torch_key(collection, path)] = (collection, path, spec)
+        for path, spec in _flatten(expected.get(collection, {})).items():
+            wanted[_torch_key(collection, path, head_key(arch))] = (collection, path, spec)
 
     given = {k: v for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
     missing = sorted((k for k in wanted if k not in given), key=_key_order)
@@ -154,11 +165,14 @@ def convert_torchvision_resnet(
     if problems:
         raise ValueError(f"state_dict does not fit {arch}: " + "; ".join(problems))
 
-    flat: dict[str, dict[tuple[str, ...], Any]] = {"params": {}, "batch_stats": {}}
+    flat: dict[str, dict[tuple[str, ...], Any]] = {c: {} for c in expected}
     for key, (collection, path, spec) in wanted.items():
         array = _from_torch_layout(_to_numpy(given[key]))
         flat[collection][path] = jnp.asarray(array, dtype=spec.dtype)
     return {collection: _unflatten(leaves) for collection, leaves in flat.items()}
+
+
+convert_torchvision_resnet = convert_torchvision  # the name it had when it took ResNets only
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
@@ -224,7 +238,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = _OneLineParser(
         prog="python -m cnnjax.models.pretrained",
-        description="Convert torchvision ResNet weights (.pth) into a cnnjax Orbax checkpoint.",
+        description="Convert torchvision weights (.pth) into a cnnjax Orbax checkpoint.",
     )
     parser.add_argument("--arch", required=True, help=f"one of: {', '.join(ARCHS)}")
     parser.add_argument("--torch_weights", required=True, help="path of the .pth state_dict")
@@ -248,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.path.exists(args.out) and not args.overwrite:
             raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
         state_dict = load_torch_state_dict(args.torch_weights)
-        variables = convert_torchvision_resnet(state_dict, args.arch, num_classes=args.num_classes)
+        variables = convert_torchvision(state_dict, args.arch, num_classes=args.num_classes)
         path = save_pretrained(variables, args.out, overwrite=args.overwrite)
     except (OSError, ValueError, ImportError) as e:
         message = " ".join(str(e).split())

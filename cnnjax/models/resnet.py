@@ -54,12 +54,13 @@ class _Block(nn.Module):
     axis_name: str | None = None
     materialize_on_cpu: bool = True
 
-    def conv(self, features, kernel, strides=1, name=None):
+    def conv(self, features, kernel, strides=1, name=None, groups=1):
         conv = nn.Conv(
             features,
             (kernel, kernel),
             strides=(strides, strides),
             padding=pad(kernel // 2),
+            feature_group_count=groups,
             use_bias=False,
             kernel_init=conv_init,
             dtype=self.dtype,
@@ -102,16 +103,24 @@ class BasicBlock(_Block):
 
 
 class Bottleneck(_Block):
-    """1x1 reduce -> 3x3 (strided: v1.5) -> 1x1 expand to ``4 * features`` (ResNet-50 and up)."""
+    """1x1 reduce -> 3x3 (strided: v1.5) -> 1x1 expand to ``4 * features`` (ResNet-50 and up).
+
+    ``groups`` and ``width_per_group`` are torchvision's: the 3x3 convolution is ``groups``
+    grouped convolutions of ``width_per_group * features / 64`` channels each (ResNeXt:
+    32x4d, 64x4d, 32x8d); Wide ResNet-50-2 doubles ``width_per_group`` to 128.
+    """
 
     expansion: ClassVar[int] = 4
+    groups: int = 1
+    width_per_group: int = 64
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         out_features = self.features * self.expansion
-        out = self.conv(self.features, 1, name="conv1")(x)
+        width = int(self.features * (self.width_per_group / 64.0)) * self.groups
+        out = self.conv(width, 1, name="conv1")(x)
         out = nn.relu(self.norm(train, "bn1")(out))
-        out = self.conv(self.features, 3, self.strides, name="conv2")(out)
+        out = self.conv(width, 3, self.strides, name="conv2", groups=self.groups)(out)
         out = nn.relu(self.norm(train, "bn2")(out))
         out = self.conv(out_features, 1, name="conv3")(out)
         out = self.norm(train, "bn3", zero=self.zero_init_residual)(out)
@@ -128,6 +137,8 @@ class ResNet(nn.Module):
       num_classes: number of output logits.
       stage_sizes: blocks in each of the stages (widths 64, 128, 256, ... times the expansion).
       block: ``"basic"`` (two 3x3 convolutions) or ``"bottleneck"`` (1x1-3x3-1x1).
+      groups, width_per_group: the bottleneck's grouped 3x3 convolution (ResNeXt, Wide
+        ResNet; torchvision's arguments of the same names). ``basic`` takes only 1 and 64.
       zero_init_residual: start the last BatchNorm scale of every block at zero, so each
         residual branch begins as the identity (Goyal et al. 2017; torchvision's flag).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
@@ -144,6 +155,8 @@ class ResNet(nn.Module):
     num_classes: int = 1000
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     block: Any = "basic"
+    groups: int = 1
+    width_per_group: int = 64
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
     axis_name: str | None = None
@@ -151,11 +164,23 @@ class ResNet(nn.Module):
     fused_max_pool: bool = True
     materialize_on_cpu: bool = True
 
+    @classmethod
+    def check_fields(cls, fields: dict[str, Any]) -> None:
+        if (fields["groups"], fields["width_per_group"]) != (1, 64) and (
+                fields["block"] != "bottleneck"):
+            raise ValueError("model.groups and model.width_per_group need "
+                             "model.block='bottleneck' (a basic block has groups=1, width 64)")
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         block_cls = BLOCKS[self.block] if isinstance(self.block, str) else self.block
         extra = ({"materialize_on_cpu": self.materialize_on_cpu}
                  if isinstance(block_cls, type) and issubclass(block_cls, _Block) else {})
+        if (self.groups, self.width_per_group) != (1, 64):
+            if block_cls is not Bottleneck:
+                raise ValueError("groups and width_per_group need block='bottleneck' (as in "
+                                 "torchvision, BasicBlock only supports groups=1, width 64)")
+            extra.update(groups=self.groups, width_per_group=self.width_per_group)
         x = jnp.asarray(x, self.dtype)
         if self.space_to_depth_stem:
             x = layers.SpaceToDepthStem(64, kernel_init=conv_init, dtype=self.dtype,
@@ -198,3 +223,16 @@ register("resnet34", functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="
 register("resnet50", functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck"))
 register("resnet101", functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block="bottleneck"))
 register("resnet152", functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block="bottleneck"))
+# ResNeXt (Xie et al. 2017) and Wide ResNet-50/101-2 (Zagoruyko & Komodakis 2016, as
+# torchvision builds them: the bottleneck's 3x3 widened), named as torchvision names them.
+_BOTTLENECK = {"block": "bottleneck"}
+register("resnext50_32x4d", functools.partial(
+    ResNet, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4, **_BOTTLENECK))
+register("resnext101_32x8d", functools.partial(
+    ResNet, stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8, **_BOTTLENECK))
+register("resnext101_64x4d", functools.partial(
+    ResNet, stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4, **_BOTTLENECK))
+register("wide_resnet50_2", functools.partial(
+    ResNet, stage_sizes=(3, 4, 6, 3), width_per_group=128, **_BOTTLENECK))
+register("wide_resnet101_2", functools.partial(
+    ResNet, stage_sizes=(3, 4, 23, 3), width_per_group=128, **_BOTTLENECK))
