@@ -67,6 +67,9 @@ _MODE = flags.DEFINE_enum(
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "latest", "eval/predict/visualize: 'latest', 'best' or a step number."
 )
+_EMA = flags.DEFINE_bool(
+    "ema", False, "eval/predict/visualize: the checkpoint's average of the weights "
+    "(train.ema_decay) instead of the weights.")
 _INPUTS = flags.DEFINE_string("inputs", None, "predict: image files a.png,b.png or one x.npz.")
 _SWEEP = flags.DEFINE_string(
     "sweep", None, "A grid of overrides, e.g. 'optimizer.learning_rate=0.1,0.01 seed=0,1,2'; "
@@ -138,13 +141,13 @@ def _use_run(mode: str) -> None:
     if not _WORKDIR.value:
         _fail(f"--mode={mode} needs --workdir=W, the workdir of a trained run")
     if mode == "eval":
-        evaluate.run_eval(_WORKDIR.value, _CHECKPOINT.value)
+        evaluate.run_eval(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
     elif mode == "predict":
         if not _INPUTS.value:
             _fail("--mode=predict needs --inputs=a.png,b.png or --inputs=x.npz")
-        evaluate.run_predict(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value)
+        evaluate.run_predict(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value, _EMA.value)
     else:
-        probe.visualize(_WORKDIR.value, _CHECKPOINT.value)
+        probe.visualize(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
 
 
 def _check_config_path(path: str) -> None:
@@ -211,7 +214,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
-    for flag, modes in (("inputs", ("predict",)), ("checkpoint", ("eval", "predict", "visualize"))):
+    for flag, modes in (("inputs", ("predict",)), ("checkpoint", ("eval", "predict", "visualize")),
+                        ("ema", ("eval", "predict", "visualize"))):
         if flags.FLAGS[flag].present and _MODE.value not in modes:
             _fail(f"--{flag} is for --mode={'/'.join(modes)}; --mode={_MODE.value} does not "
                   "read it")

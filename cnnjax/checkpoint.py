@@ -19,6 +19,7 @@ checkpoint's progress JSON, so a resumed run compares against the best of the ru
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -118,8 +119,37 @@ class Checkpointer:
         )
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
-        """Restores step ``step`` with the structure, dtypes and shardings of ``like``."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        """Restores step ``step`` with the structure, dtypes and shardings of ``like``.
+
+        For a dataclass state, a field is what ``like`` says when the two disagree on whether
+        it holds anything: a field the checkpoint lacks or saved empty (a checkpoint older
+        than ``TrainState.ema``, or one of a run without it) keeps ``like``'s value, and one
+        that ``like`` holds empty is restored empty. So a run resumes across an upgrade, and
+        across turning ``train.ema_decay`` on or off.
+        """
+        abstract: Any = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        if not dataclasses.is_dataclass(like):
+            return self._restore(step, abstract)
+        saved = self._manager.item_metadata(step).state
+        sharding = jax.tree.leaves(abstract)[0].sharding  # the state is replicated throughout
+        target = {}
+        for name in (f.name for f in dataclasses.fields(like)):
+            if name not in saved:
+                continue
+            if not jax.tree.leaves(saved[name]):
+                target[name] = {}
+            elif not jax.tree.leaves(getattr(abstract, name)):  # read as saved, then dropped
+                target[name] = jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                    saved[name])
+            else:
+                target[name] = getattr(abstract, name)
+        state, progress = self._restore(step, target)
+        kept = {name: value for name, value in state.items()
+                if jax.tree.leaves(value) and jax.tree.leaves(getattr(like, name))}
+        return dataclasses.replace(like, **kept), progress
+
+    def _restore(self, step: int, abstract: Any) -> tuple[Any, dict[str, Any]]:
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(

@@ -26,7 +26,8 @@ __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_di
 OPTIMIZERS = tuple(optim.OPTIMIZERS)  # the tables in optim.py are the one place to add one
 LOADERS = ("auto", "memory", "streaming")
 SCHEDULES = tuple(optim.SCHEDULES)
-BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "")
+BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "eval_ema_accuracy",
+                "eval_ema_top5_accuracy", "eval_ema_loss", "")
 NAN_POLICIES = ("stop", "skip")
 
 
@@ -91,6 +92,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.num_epochs = 10.0  # training length in epochs (fractions allowed)...
     c.train.num_steps = -1  # ...or in steps when >= 0 (takes precedence)
     c.train.label_smoothing = 0.0
+    # An exponential moving average of the weights (params and BatchNorm statistics), updated
+    # after every step with this decay (0 = none; 0.9998 or so for ImageNet recipes). It is
+    # checkpointed with the state, evaluated beside the raw weights (eval_ema_* metrics) and
+    # chosen for --mode=eval/predict/visualize with --ema.
+    c.train.ema_decay = 0.0
     # What a non-finite loss or gradient does: "stop" (error naming the step; the state is
     # never checkpointed) or "skip" (drop that update, count it in metrics.jsonl).
     c.train.nan_policy = "stop"
@@ -227,6 +233,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.num_epochs": (lambda v: v >= 0, ">= 0"),
     "train.num_steps": (lambda v: v == -1 or v > 0, "> 0, or -1 to count in num_epochs"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 keeps no average)"),
     "train.log_every_steps": (lambda v: v > 0, "> 0"),
     "train.eval_every_steps": (lambda v: v >= -1,
                                "> 0, or -1 (every epoch), or 0 (only at the end)"),
@@ -275,8 +282,11 @@ def _check_values(flat: dict[str, Any]) -> None:
         except re.error as e:
             raise ConfigError(f"{key}={flat[key]!r} is not a regular expression ({e})") from None
     metric, mode = flat["train.best_metric"], flat["train.best_mode"]
-    if metric and (mode == "max") != (metric != "eval_loss"):
-        better = "min" if metric == "eval_loss" else "max"
+    if metric.startswith("eval_ema_") and not flat["train.ema_decay"]:
+        raise ConfigError(f"train.best_metric={metric!r} needs the average of the weights: "
+                          "pass --config.train.ema_decay=0.999 (say), or another best_metric")
+    if metric and (mode == "max") != (not metric.endswith("_loss")):
+        better = "min" if metric.endswith("_loss") else "max"
         raise ConfigError(f"train.best_metric={metric!r} with train.best_mode={mode!r} keeps "
                           f"the worst checkpoint; pass --config.train.best_mode={better}")
     _check_writers(flat["train.writers"])

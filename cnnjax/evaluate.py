@@ -66,8 +66,9 @@ def resolve_checkpoint(workdir: str, which: str = "latest") -> tuple[str, int]:
         f"no checkpoint at step {which} in {workdir}; there are: {found}")
 
 
-def load_run(workdir: str, which: str = "latest") -> Run:
-    """Restores checkpoint ``which`` of ``workdir`` with the config it was trained with."""
+def load_run(workdir: str, which: str = "latest", ema: bool = False) -> Run:
+    """Restores checkpoint ``which`` of ``workdir`` with the config it was trained with;
+    ``ema``: its moving average of the weights instead of the weights."""
     workdir = os.path.abspath(workdir)
     directory, step = resolve_checkpoint(workdir, which)
     try:
@@ -79,6 +80,12 @@ def load_run(workdir: str, which: str = "latest") -> Run:
             "choose another with --checkpoint=STEP (there are: "
             f"{checkpoint.complete_steps(directory)})") from None
     variables = steps.variables(state["params"], state.get("batch_stats"))
+    if ema:
+        if not state.get("ema"):
+            raise config_lib.ConfigError(
+                f"checkpoint {directory}/{step} holds no average of the weights (the run had "
+                "train.ema_decay=0); leave out --ema")
+        variables = dict(state["ema"])
     # Completed with the defaults of fields added since it was trained.
     config = ml_collections.ConfigDict(config_lib.complete(progress["config"]))
     return Run(workdir, which, step, config, variables)
@@ -150,13 +157,15 @@ def _gather(*arrays: jax.Array) -> list[np.ndarray]:
     return [np.asarray(a) for a in multihost_utils.process_allgather(arrays, tiled=True)]
 
 
-def run_eval(workdir: str, which: str = "latest") -> dict[str, Any]:
-    """``--mode=eval``: evaluates checkpoint ``which``, prints a table, writes eval.json."""
-    run = load_run(workdir, which)
+def run_eval(workdir: str, which: str = "latest", ema: bool = False) -> dict[str, Any]:
+    """``--mode=eval``: evaluates checkpoint ``which`` (its average of the weights with
+    ``ema``), prints a table, writes eval.json."""
+    run = load_run(workdir, which, ema)
     config_lib.validate(run.config, jax.device_count())
     data = data_lib.build(run.config.data, run.config.seed, jax.process_index(),
                           jax.process_count())
     result = {"workdir": run.workdir, "checkpoint": which, "step": run.step,
+              "weights": "ema" if ema else "trained",
               **evaluate(run.config, run.variables, data, parallel.make_mesh())}
     if jax.process_index() == 0:
         files.write_json(os.path.join(run.workdir, "eval.json"), result)
@@ -168,7 +177,8 @@ def format_eval(result: dict[str, Any]) -> str:
     """The eval result as a plain-text report: metrics, per-class table, confusion matrix."""
     cm = np.asarray(result["confusion_matrix"])
     lines = [
-        f"checkpoint {result['checkpoint']} (step {result['step']}) of {result['workdir']}",
+        f"checkpoint {result['checkpoint']} (step {result['step']}) of {result['workdir']}"
+        + (" (average of the weights)" if result.get("weights") == "ema" else ""),
         f"top-1 accuracy {result['eval_accuracy']:.4f}  top-5 accuracy "
         f"{result['eval_top5_accuracy']:.4f}  loss {result['eval_loss']:.4f}  "
         f"({result['num_examples']} examples)",
@@ -243,9 +253,10 @@ def load_inputs(spec: str, image_shape: Sequence[int]) -> tuple[list[str], np.nd
     return paths, np.stack(images)
 
 
-def run_predict(workdir: str, inputs: str, which: str = "latest") -> list[dict[str, Any]]:
+def run_predict(workdir: str, inputs: str, which: str = "latest",
+                ema: bool = False) -> list[dict[str, Any]]:
     """``--mode=predict``: classes and probabilities for ``inputs``, into predictions.csv."""
-    run = load_run(workdir, which)
+    run = load_run(workdir, which, ema)
     info = data_lib.describe(run.config.data)  # what training normalised with
     names, images = load_inputs(inputs, info.image_shape)
     model = models.from_config(run.config.model, info.num_classes)

@@ -175,6 +175,7 @@ def progress_line(step: int, total_steps: int, values: dict[str, float]) -> str:
     for key, fmt in (
         ("train_loss", "loss {:.4f}"), ("train_accuracy", "acc {:.4f}"),
         ("eval_loss", "test loss {:.4f}"), ("eval_accuracy", "test acc {:.4f}"),
+        ("eval_ema_accuracy", "ema acc {:.4f}"),
         ("learning_rate", "lr {:.4g}"), ("images_per_sec", "{:.0f} img/s"),
         ("skipped_steps", "skipped {:.0f}"),
     ):

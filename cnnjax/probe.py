@@ -167,13 +167,16 @@ def initial_kernel(plots_dir: str, config, image_shape, num_classes: int) -> np.
     return first_conv_kernel(model, jax.device_get(state.params), image_shape)
 
 
-def visualize(workdir: str, which: str = "latest") -> list[str]:
-    """``--mode=visualize``: every picture for checkpoint ``which`` of ``workdir``."""
-    run = evaluate.load_run(workdir, which)
+def visualize(workdir: str, which: str = "latest", ema: bool = False) -> list[str]:
+    """``--mode=visualize``: every picture for checkpoint ``which`` of ``workdir`` (of its
+    average of the weights with ``ema``, into ``plots/<which>_ema``)."""
+    run = evaluate.load_run(workdir, which, ema)
     data = data_lib.build(run.config.data, run.config.seed, jax.process_index(),
                           jax.process_count())
     init_dir = os.path.join(run.workdir, "plots")
     plots_dir = init_dir if which == "latest" else os.path.join(init_dir, which)
+    if ema:
+        plots_dir = os.path.join(init_dir, f"{which}_ema")
     records = metrics.read_jsonl(metrics.metrics_path(run.workdir))
     written = write_plots(plots_dir, run.config, run.variables, data, parallel.make_mesh(),
                           run.step, [r for r in records if r["step"] <= run.step], init_dir)

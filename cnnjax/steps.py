@@ -8,6 +8,7 @@ and ``make_eval_step`` wrap them in ``jax.shard_map`` under ``jax.jit``; the sta
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ class TrainState:
       batch_stats: BatchNorm running statistics (``{}`` for models without BatchNorm).
       opt_state: the Optax state.
       rng: ``uint32[2]`` base key; step ``s`` uses ``fold_in(rng, s)``.
+      ema: ``{}``, or with ``train.ema_decay`` the exponential moving average of the model
+        variables (``{"params", "batch_stats"}``, as ``variables``), updated after every step.
     """
 
     step: jax.Array
@@ -42,16 +45,28 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    ema: Any = dataclasses.field(default_factory=dict)
 
     @property
     def variables(self) -> dict[str, Any]:
         """The model variables for ``model.apply``: params and, if any, BatchNorm statistics."""
         return variables(self.params, self.batch_stats)
 
+    def with_ema_weights(self) -> TrainState:
+        """This state with the EMA variables as its params and batch stats (to evaluate)."""
+        return self.replace(params=self.ema["params"],
+                            batch_stats=self.ema.get("batch_stats", {}))
+
 
 def variables(params: Any, batch_stats: Any) -> dict[str, Any]:
     """``{"params", "batch_stats"}``, the statistics left out for models without BatchNorm."""
     return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
+@jax.jit
+def copy(tree: Any) -> Any:
+    """New buffers holding the values of ``tree``'s arrays (same shardings)."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
@@ -127,6 +142,7 @@ def train_step_per_device(
     mixup_alpha: float = 0.0,
     cutmix_alpha: float = 0.0,
     frozen_batch_stats: bool = False,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on this device's shard ``batch`` (``images`` uint8, ``labels`` int32).
 
@@ -134,7 +150,9 @@ def train_step_per_device(
     ``skip_nonfinite`` such an update is dropped (params, batch stats and optimizer state stay
     as they were, as ``optax.apply_if_finite`` does) while the step counter still advances.
     With ``frozen_batch_stats`` the model runs in inference mode (running BatchNorm
-    statistics, which stay as they are; no dropout): a fixed feature extractor.
+    statistics, which stay as they are; no dropout): a fixed feature extractor. With
+    ``ema_decay`` the state's ``ema`` moves to ``ema_decay * ema + (1 - ema_decay) * new``
+    for the new params and batch stats (as torchvision's reference recipes average them).
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     labels = batch["labels"]
@@ -173,11 +191,16 @@ def train_step_per_device(
         jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     )
     finite = lax.pmin(finite.astype(jnp.int32), parallel.AXIS).astype(bool)
+    ema = state.ema
+    if ema_decay:
+        ema = jax.tree.map(lambda e, v: ema_decay * e + (1.0 - ema_decay) * v, state.ema,
+                           variables(params, batch_stats))
     if skip_nonfinite:
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         params = keep(params, state.params)
         opt_state = keep(opt_state, state.opt_state)
         batch_stats = keep(batch_stats, state.batch_stats)
+        ema = keep(ema, state.ema)
     metrics = {
         "loss": lax.pmean(loss, parallel.AXIS),
         "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), parallel.AXIS),
@@ -185,7 +208,8 @@ def train_step_per_device(
         "nonfinite": 1 - finite.astype(jnp.int32),
     }
     new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+        ema=ema,
     )
     return new_state, metrics
 

@@ -217,9 +217,13 @@ class Job:
         return record
 
     def evaluate(self, done: int) -> dict[str, float]:
-        """Evaluates the state; keeps it as the best checkpoint when it improves."""
-        result = _eval(self.eval_step, self.state, self.data, self.config.data.eval_batch_size,
-                       self.mesh)
+        """Evaluates the state (and its average of the weights, if any); keeps it as the best
+        checkpoint when it improves."""
+        size = self.config.data.eval_batch_size
+        result = _eval(self.eval_step, self.state, self.data, size, self.mesh)
+        if self.state.ema:
+            ema = _eval(self.eval_step, self.state.with_ema_weights(), self.data, size, self.mesh)
+            result.update({k.replace("eval_", "eval_ema_", 1): v for k, v in ema.items()})
         if self.best and self.best.improves(result):
             self.best.update(done, result)
             self.best.save(self.state, self.progress(done))
@@ -270,9 +274,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
         state, notes = transfer.initialize_from(
             state, config.init.checkpoint, config.init.exclude, tx, parallel.replicated(mesh))
         _log(f"initialised from {config.init.checkpoint}" + "".join(f"\n  {n}" for n in notes))
+    if t.ema_decay:  # the average starts at the initial (or transferred) weights
+        state = state.replace(ema=steps.copy(state.variables))
     start_step, pending, best_so_far = 0, [], None
     if (restored := ckpt.restore_latest(state, warn=_log)) is not None:
-        state, progress = restored
+        fresh, (state, progress) = state, restored
+        if t.ema_decay and state.ema is fresh.ema:  # a checkpoint without an average
+            state = state.replace(ema=steps.copy(state.variables))
         start_step, pending = progress["step"], progress["pending_metrics"]
         best_so_far = progress.get("best")
         data.train.restore(start_step, progress["data"])
@@ -291,7 +299,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
     train_step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
         label_smoothing=t.label_smoothing, skip_nonfinite=t.nan_policy == "skip",
-        frozen_batch_stats=config.optimizer.freeze_backbone,
+        frozen_batch_stats=config.optimizer.freeze_backbone, ema_decay=t.ema_decay,
         **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
     )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))

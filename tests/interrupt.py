@@ -67,7 +67,7 @@ def install(moment: str, signals: list[int]) -> None:
         # Sent from a thread once the import has begun: the main thread is inside it.
         sys.meta_path.insert(0, _OnImport("jax", fire))
         return
-    from cnnjax import checkpoint, evaluate, steps, train, viz
+    from cnnjax import checkpoint, evaluate, probe, steps, train
     from cnnjax.data import loader, sources
 
     if moment == "prepare":
@@ -117,7 +117,7 @@ def install(moment: str, signals: list[int]) -> None:
 
         checkpoint.Checkpointer.save, checkpoint.Checkpointer.wait = save, wait
     elif moment == "plots":
-        before(viz, "write_plots", fire)
+        before(probe, "write_plots", fire)
     elif moment == "evaluate":
         before(evaluate, "evaluate", fire)
     else:
@@ -129,9 +129,9 @@ def main() -> None:
     split = args.index("--")
     options = dict(a.lstrip("-").split("=", 1) for a in args[:split])
     names = options["signal"].split(",")
+    sys.path.insert(0, ROOT)  # this checkout's cnnjax, whatever else is installed
     install(options["at"], [getattr(signal, f"SIG{n}") for n in names])
     sys.argv = [os.path.join(ROOT, "launch.py"), *args[split + 1:]]
-    sys.path.insert(0, ROOT)
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 

@@ -179,6 +179,10 @@ CASES = [
      "'num_steps'?"),
     ("inputs_in_train_mode", ["--inputs={F}/a.png"],
      "error: --inputs is for --mode=predict; --mode=train does not read it"),
+    ("ema_in_train_mode", ["--ema"],
+     "error: --ema is for --mode=eval/predict/visualize; --mode=train does not read it"),
+    ("ema_of_a_run_without_one", ["--mode=eval", "--ema"],
+     "error: checkpoint {W}/checkpoints/"),
     ("config_variant", ["--config=experiments/default.py:cnnn"],
      "error: config file 'experiments/default.py:cnnn' failed to load: ValueError: unknown "
      "variant 'cnnn'"),
