@@ -24,8 +24,10 @@ PUBLISHED = {
     "vgg11": 132_863_336, "vgg11_bn": 132_868_840, "vgg13": 133_047_848,
     "vgg13_bn": 133_053_736, "vgg16": 138_357_544, "vgg16_bn": 138_365_992,
     "vgg19": 143_667_240, "vgg19_bn": 143_678_248,
+    "convnext_tiny": 28_589_128, "convnext_small": 50_223_688, "convnext_base": 88_591_464,
+    "convnext_large": 197_767_336,
 }
-SMALLEST = ["resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg11_bn"]
+SMALLEST = ["resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg11_bn", "convnext_tiny"]
 
 
 def count_params(arch):
@@ -41,9 +43,9 @@ def test_parameter_counts_equal_torchvisions(arch):
 
 
 def random_torchvision(arch, seed=0):
-    """torchvision's ``arch`` in eval mode, its BatchNorms away from their defaults (random
-    running statistics and affine parameters), so a wrong BatchNorm mapping shows in the
-    logits."""
+    """torchvision's ``arch`` in eval mode with every normalisation away from its defaults
+    (random BatchNorm statistics, random norm scales and offsets, ConvNeXt's layer scales
+    raised from 1e-6 so that its blocks count), so that a wrong mapping shows in the logits."""
     torch.manual_seed(seed)
     model = getattr(torchvision.models, arch)()
     with torch.no_grad():
@@ -51,10 +53,14 @@ def random_torchvision(arch, seed=0):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0.0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
                 m.weight.uniform_(0.5, 1.0)
                 m.bias.normal_(0.0, 0.1)
             if isinstance(m, torchvision.models.resnet.Bottleneck):
                 m.bn3.weight.data.uniform_(0.2, 0.5)  # keeps deep logits of a useful size
+        for name, p in model.named_parameters():
+            if name.endswith("layer_scale"):
+                p.uniform_(0.1, 0.3)
     return model.eval()
 
 
@@ -99,3 +105,47 @@ def test_fields_that_cannot_build_the_model_are_refused_before_any_work():
         config.model[field] = value
         with pytest.raises(ConfigError, match=message):
             validate(config)
+
+
+def test_convnext_drops_whole_residual_branches_in_training_only():
+    """Stochastic depth, torchvision's "row" mode: per example, the branch is dropped with
+    probability p, or kept and scaled by 1 / (1 - p); evaluation keeps every branch."""
+    from cnnjax.models.convnext import Block
+
+    block = Block(dim=8, layer_scale=0.5, drop=0.5)
+    x = jax.random.normal(jax.random.key(0), (256, 4, 4, 8))
+    variables = block.init(jax.random.key(1), x)
+    branch = block.apply(variables, x) - x
+    trained = block.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)}) - x
+    dropped = np.all(np.asarray(trained) == 0, axis=(1, 2, 3))
+    kept = ~dropped
+    np.testing.assert_allclose(np.asarray(trained)[kept], 2 * np.asarray(branch)[kept],
+                               rtol=1e-6, atol=1e-6)
+    assert 0.35 < dropped.mean() < 0.65  # 256 examples: a loose bound on a fair coin
+
+
+def test_the_convnext_fine_tuning_example_runs_from_converted_weights(tmp_path, data_dir):
+    """experiments/cifar10_finetune_convnext_tiny.py for two steps on mock CIFAR-10, from a
+    converted torchvision ConvNeXt-T: every layer but the head is transferred."""
+    import tensorflow_datasets as tfds
+
+    from cnnjax import checkpoint, train
+    from cnnjax.models.pretrained import save_pretrained
+    from experiments.cifar10_finetune_convnext_tiny import get_config
+
+    reference = random_torchvision("convnext_tiny")
+    pretrained = save_pretrained(convert_torchvision(reference.state_dict(), "convnext_tiny"),
+                                 tmp_path / "pretrained")
+    config = get_config()
+    config.init.checkpoint = pretrained
+    config.data.update(data_dir=data_dir, image_size=32, crop_padding=4, batch_size=8,
+                       eval_batch_size=8, loader="memory")
+    config.optimizer.learning_rate = 1e-9  # the weights barely move: compare them below
+    config.train.update(num_steps=2, plots=False, log_every_steps=1)
+    with tfds.testing.mock_data(num_examples=16):
+        summary = train.run(config, str(tmp_path / "run"))
+    assert summary["step"] == 2 and "eval_ema_accuracy" in summary
+    state, _ = checkpoint.read_step(str(tmp_path / "run" / "checkpoints"), 2)
+    stem = reference.state_dict()["features.0.0.weight"].numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_allclose(state["params"]["features_0_0"]["kernel"], stem, atol=1e-6)
+    assert state["params"]["head"]["kernel"].shape == (768, 10)

@@ -40,9 +40,11 @@ from cnnjax.models import get_model
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
          "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
          "wide_resnet50_2", "wide_resnet101_2",
-         "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+         "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+         "convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
 # torchvision's name of the last layer (cnnjax's ``head``), by the arch's family (its prefix).
-HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "vgg": "classifier.6"}
+HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "vgg": "classifier.6",
+         "convnext": "classifier.2"}
 
 # Flax leaf names -> torchvision's, per collection.
 _LEAF = {
@@ -61,7 +63,7 @@ def head_key(arch: str) -> str:
 def _torch_key(collection: str, path: tuple[str, ...], head: str = "fc") -> str:
     *modules, leaf = path
     parts = [head if m == "head" else _MODULE.get(m, m.replace("_", ".")) for m in modules]
-    return ".".join([*parts, _LEAF[collection][leaf]])
+    return ".".join([*parts, _LEAF[collection].get(leaf, leaf)])  # layer_scale: as it is
 
 
 _LEAF_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
@@ -74,7 +76,9 @@ def _key_order(key: str):
     return parts, _LEAF_ORDER.get(leaf, len(_LEAF_ORDER)), leaf
 
 
-def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+def _torch_shape(shape: tuple[int, ...], leaf: str = "") -> tuple[int, ...]:
+    if leaf == "layer_scale":  # ConvNeXt's: (C, 1, 1) in torch, broadcast over NCHW
+        return (*shape, 1, 1)
     if len(shape) == 4:  # HWIO -> OIHW
         return (shape[3], shape[2], shape[0], shape[1])
     if len(shape) == 2:  # (in, out) -> (out, in)
@@ -152,7 +156,7 @@ def convert_torchvision(
     for key in sorted(wanted, key=_key_order):
         spec = wanted[key][2]
         if key in given:
-            shape, want = _shape_of(given[key]), _torch_shape(spec.shape)
+            shape, want = _shape_of(given[key]), _torch_shape(spec.shape, wanted[key][1][-1])
             if shape != want:
                 mismatched.append(f"{key} {shape} vs expected {want}")
     problems = []
@@ -167,7 +171,7 @@ def convert_torchvision(
 
     flat: dict[str, dict[tuple[str, ...], Any]] = {c: {} for c in expected}
     for key, (collection, path, spec) in wanted.items():
-        array = _from_torch_layout(_to_numpy(given[key]))
+        array = _from_torch_layout(_to_numpy(given[key])).reshape(spec.shape)
         flat[collection][path] = jnp.asarray(array, dtype=spec.dtype)
     return {collection: _unflatten(leaves) for collection, leaves in flat.items()}
 
