@@ -26,8 +26,13 @@ PUBLISHED = {
     "vgg19": 143_667_240, "vgg19_bn": 143_678_248,
     "convnext_tiny": 28_589_128, "convnext_small": 50_223_688, "convnext_base": 88_591_464,
     "convnext_large": 197_767_336,
+    "efficientnet_b0": 5_288_548, "efficientnet_b1": 7_794_184, "efficientnet_b2": 9_109_994,
+    "efficientnet_b3": 12_233_232, "efficientnet_b4": 19_341_616,
+    "efficientnet_b5": 30_389_784, "efficientnet_b6": 43_040_704,
+    "efficientnet_b7": 66_347_960,
 }
-SMALLEST = ["resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg11_bn", "convnext_tiny"]
+SMALLEST = ["resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg11_bn", "convnext_tiny",
+            "efficientnet_b0"]
 
 
 def count_params(arch):
@@ -149,3 +154,60 @@ def test_the_convnext_fine_tuning_example_runs_from_converted_weights(tmp_path, 
     stem = reference.state_dict()["features.0.0.weight"].numpy().transpose(2, 3, 1, 0)
     np.testing.assert_allclose(state["params"]["features_0_0"]["kernel"], stem, atol=1e-6)
     assert state["params"]["head"]["kernel"].shape == (768, 10)
+
+
+@pytest.mark.parametrize("arch", [a for a in sorted(PUBLISHED) if a.startswith(
+    ("efficientnet", "convnext", "vgg"))])
+def test_training_parts_are_torchvisions(arch):
+    """Norm epsilons and momenta, dropout and stochastic-depth rates, read off torchvision's
+    own modules."""
+    from cnnjax.models import model_fields
+
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, arch)()
+    fields = model_fields(arch)
+    norms = {(m.eps, m.momentum) for m in reference.modules()
+             if isinstance(m, torch.nn.BatchNorm2d)}
+    if arch.startswith("efficientnet"):
+        assert norms == {(fields["bn_eps"], fields["bn_momentum"])}
+    drops = [m.p for m in reference.modules() if isinstance(m, torch.nn.Dropout)]
+    if drops:
+        assert set(drops) == {fields["dropout"]}
+    depth = [m.p for m in reference.modules()
+             if isinstance(m, torchvision.ops.StochasticDepth)]
+    if depth:
+        assert max(depth) == pytest.approx(fields["stochastic_depth_prob"]
+                                           * (1 if arch.startswith("convnext")
+                                              else (len(depth) - 1) / len(depth)))
+    eps = {m.eps for m in reference.modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert eps <= {1e-6}
+
+
+def test_the_efficientnet_probe_example_trains_the_head_alone(tmp_path, data_dir):
+    """experiments/cifar10_linear_probe_efficientnet_b0.py for two steps on mock CIFAR-10,
+    from converted torchvision weights: the backbone's params and BatchNorm statistics stay
+    bit-identical, the head moves."""
+    import tensorflow_datasets as tfds
+
+    from cnnjax import checkpoint, train
+    from cnnjax.models.pretrained import save_pretrained
+    from experiments.cifar10_linear_probe_efficientnet_b0 import get_config
+
+    converted = convert_torchvision(random_torchvision("efficientnet_b0").state_dict(),
+                                    "efficientnet_b0")
+    pretrained = save_pretrained(converted, tmp_path / "pretrained")
+    config = get_config()
+    config.init.checkpoint = pretrained
+    config.data.update(data_dir=data_dir, image_size=32, batch_size=8, eval_batch_size=8,
+                       loader="memory")
+    config.train.update(num_steps=2, plots=False, log_every_steps=1)
+    with tfds.testing.mock_data(num_examples=16):
+        summary = train.run(config, str(tmp_path / "run"))
+    assert summary["step"] == 2
+    state, _ = checkpoint.read_step(str(tmp_path / "run" / "checkpoints"), 2)
+    for collection in ("params", "batch_stats"):
+        backbone = {k: v for k, v in state[collection].items() if k != "head"}
+        before = {k: v for k, v in converted[collection].items() if k != "head"}
+        for got, want in zip(jax.tree.leaves(backbone), jax.tree.leaves(before), strict=True):
+            np.testing.assert_array_equal(got, np.asarray(want))
+    assert state["params"]["head"]["kernel"].shape == (1280, 10)

@@ -1,0 +1,190 @@
+"""EfficientNet (Tan & Le 2019) as torchvision builds it: ``efficientnet_b0`` .. ``_b7``.
+
+A 3x3/2 stem, seven stages of MBConv blocks (a 1x1 expansion, a depthwise KxK convolution, a
+squeeze-and-excitation gate, a 1x1 projection; SiLU throughout; a residual connection with
+stochastic depth when the shapes allow it), a 1x1 convolution to four times the last width,
+global average pooling, dropout and the dense head. B1..B7 scale the widths (rounded to
+multiples of 8 as torchvision rounds them) and the block counts (rounded up) of B0.
+BatchNorm: PyTorch's defaults (eps 1e-5, momentum 0.1), except B5..B7, whose weights came from
+TensorFlow: eps 1e-3, momentum 0.01.
+
+Stochastic depth drops a block's residual branch per example with a probability growing
+linearly from 0 to ``stochastic_depth_prob`` (0.2) over the blocks (torchvision's
+``StochasticDepth(p, "row")``; the ``"dropout"`` rng in training, the identity in evaluation).
+
+Submodule names follow torchvision's state_dict keys: ``features_0_0``/``features_0_1`` for
+the stem's convolution and BatchNorm, ``features_<stage>_<block>/block_<k>_0`` (and
+``_1``) for the layers of an MBConv, ``block_<k>/fc1``, ``fc2`` for its squeeze-and-excitation,
+and ``head`` for ``classifier.1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax.models import register
+
+# torchvision: kaiming_normal_(mode="fan_out") for convolutions, Linear U(-1/sqrt(out),
+# 1/sqrt(out)), zero biases.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# B0's stages: (expand ratio, kernel, stride, input width, output width, blocks).
+STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
+          (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
+          (6, 3, 1, 192, 320, 1))
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's ``_make_divisible``: the nearest multiple of ``divisor``, never more than
+    10% below ``value``."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class _Layers(nn.Module):
+    """Layer factories shared by the stem and the blocks."""
+
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1  # PyTorch's convention: the weight of the new batch
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    def conv_bn(self, x, features, kernel, train, name, strides=1, groups=1, act=True):
+        """torchvision's ``Conv2dNormActivation``: conv (``<name>_0``), BN (``<name>_1``)."""
+        pad = (kernel - 1) // 2
+        x = nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                    padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+                    use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                    param_dtype=jnp.float32, name=f"{name}_0")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum,
+                         epsilon=self.bn_eps, axis_name=self.axis_name if train else None,
+                         dtype=self.dtype, param_dtype=jnp.float32, name=f"{name}_1")(x)
+        return nn.silu(x) if act else x
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision.ops.SqueezeExcitation: global mean, 1x1 conv (``fc1``), SiLU, 1x1 conv
+    (``fc2``), sigmoid gate on every channel."""
+
+    squeeze: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(nn.Conv, kernel_size=(1, 1), kernel_init=conv_init,
+                                 dtype=self.dtype, param_dtype=jnp.float32)
+        scale = jnp.mean(x, axis=(1, 2), keepdims=True)
+        scale = nn.silu(conv(self.squeeze, name="fc1")(scale))
+        scale = nn.sigmoid(conv(x.shape[-1], name="fc2")(scale))
+        return x * scale
+
+
+class MBConv(_Layers):
+    """Inverted residual block with squeeze-and-excitation; ``drop``: stochastic depth."""
+
+    expand: int = 1
+    kernel: int = 3
+    strides: int = 1
+    features: int = 16
+    drop: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        width, k = x.shape[-1] * self.expand, 0
+        out = x
+        if self.expand != 1:
+            out = self.conv_bn(out, width, 1, train, "block_0")
+            k = 1
+        out = self.conv_bn(out, width, self.kernel, train, f"block_{k}", strides=self.strides,
+                           groups=width)
+        out = SqueezeExcitation(max(1, x.shape[-1] // 4), dtype=self.dtype,
+                                name=f"block_{k + 1}")(out)
+        out = self.conv_bn(out, self.features, 1, train, f"block_{k + 2}", act=False)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            return out
+        if train and self.drop > 0:
+            keep = 1.0 - self.drop
+            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0], 1, 1, 1))
+            out = out * mask.astype(out.dtype) / keep
+        return x + out
+
+
+class EfficientNet(_Layers):
+    """EfficientNet with torchvision's layout, rounding and initialisation.
+
+    Attributes:
+      num_classes: number of output logits.
+      width_mult, depth_mult: B0's widths and block counts scaled (B7: 2.0 and 3.1).
+      dropout: dropout rate before the head (0.2 for B0 .. 0.5 for B7).
+      stochastic_depth_prob: the drop probability reached at the last block.
+      bn_eps, bn_momentum: BatchNorm's epsilon and PyTorch-convention momentum.
+      dtype: computation dtype; parameters stay float32 and logits are returned as float32.
+      axis_name: device axis BatchNorm averages batch statistics over in training.
+    """
+
+    num_classes: int = 1000
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
+    dropout: float = 0.2
+    stochastic_depth_prob: float = 0.2
+
+    @classmethod
+    def check_fields(cls, fields: dict[str, Any]) -> None:
+        for key in ("width_mult", "depth_mult"):
+            if not fields[key] > 0:
+                raise ValueError(f"model.{key} of EfficientNet must be > 0, got {fields[key]}")
+        for key in ("dropout", "stochastic_depth_prob", "bn_momentum"):
+            if not 0 <= fields[key] < 1:
+                raise ValueError(f"model.{key} of EfficientNet must be in [0, 1), got "
+                                 f"{fields[key]}")
+
+    def stages(self) -> list[tuple[int, int, int, int, int]]:
+        """(expand, kernel, stride, output width, blocks) per stage, scaled."""
+        return [(e, k, s, make_divisible(out * self.width_mult),
+                 int(math.ceil(n * self.depth_mult))) for e, k, s, _, out, n in STAGES]
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = jnp.asarray(x, self.dtype)
+        x = self.conv_bn(x, make_divisible(STAGES[0][3] * self.width_mult), 3, train,
+                         "features_0", strides=2)
+        stages = self.stages()
+        total, done = sum(n for *_, n in stages), 0
+        for i, (expand, kernel, stride, width, blocks) in enumerate(stages):
+            for j in range(blocks):
+                x = MBConv(expand=expand, kernel=kernel, strides=stride if j == 0 else 1,
+                           features=width, drop=self.stochastic_depth_prob * done / total,
+                           bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype,
+                           axis_name=self.axis_name, name=f"features_{i + 1}_{j}")(x, train)
+                done += 1
+        x = self.conv_bn(x, 4 * x.shape[-1], 1, train, f"features_{len(stages) + 1}")
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(self.dropout, deterministic=not train or not self.dropout)(x)
+        bound = 1.0 / math.sqrt(self.num_classes)
+        x = nn.Dense(self.num_classes, kernel_init=_uniform(bound), dtype=self.dtype,
+                     param_dtype=jnp.float32, name="head")(x)
+        return x.astype(jnp.float32)
+
+
+def _uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+_TF_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}  # B5..B7: weights ported from TensorFlow
+for _name, _width, _depth, _dropout, _bn in (
+    ("efficientnet_b0", 1.0, 1.0, 0.2, {}), ("efficientnet_b1", 1.0, 1.1, 0.2, {}),
+    ("efficientnet_b2", 1.1, 1.2, 0.3, {}), ("efficientnet_b3", 1.2, 1.4, 0.3, {}),
+    ("efficientnet_b4", 1.4, 1.8, 0.4, {}), ("efficientnet_b5", 1.6, 2.2, 0.4, _TF_BN),
+    ("efficientnet_b6", 1.8, 2.6, 0.5, _TF_BN), ("efficientnet_b7", 2.0, 3.1, 0.5, _TF_BN),
+):
+    register(_name, functools.partial(EfficientNet, width_mult=_width, depth_mult=_depth,
+                                      dropout=_dropout, **_bn))
