@@ -30,9 +30,10 @@ PUBLISHED = {
     "efficientnet_b3": 12_233_232, "efficientnet_b4": 19_341_616,
     "efficientnet_b5": 30_389_784, "efficientnet_b6": 43_040_704,
     "efficientnet_b7": 66_347_960,
+    "mobilenet_v2": 3_504_872, "mobilenet_v3_small": 2_542_856, "mobilenet_v3_large": 5_483_032,
 }
 SMALLEST = ["resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg11_bn", "convnext_tiny",
-            "efficientnet_b0"]
+            "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small"]
 
 
 def count_params(arch):
@@ -50,7 +51,8 @@ def test_parameter_counts_equal_torchvisions(arch):
 def random_torchvision(arch, seed=0):
     """torchvision's ``arch`` in eval mode with every normalisation away from its defaults
     (random BatchNorm statistics, random norm scales and offsets, ConvNeXt's layer scales
-    raised from 1e-6 so that its blocks count), so that a wrong mapping shows in the logits."""
+    raised from 1e-6 so that its blocks count) and dense layers scaled to give logits near
+    1, so that a wrong mapping shows in the logits."""
     torch.manual_seed(seed)
     model = getattr(torchvision.models, arch)()
     with torch.no_grad():
@@ -63,6 +65,9 @@ def random_torchvision(arch, seed=0):
                 m.bias.normal_(0.0, 0.1)
             if isinstance(m, torchvision.models.resnet.Bottleneck):
                 m.bn3.weight.data.uniform_(0.2, 0.5)  # keeps deep logits of a useful size
+            if isinstance(m, torch.nn.Linear):  # torchvision's N(0, 0.01): tiny logits
+                m.weight.normal_(0.0, m.in_features ** -0.5)
+                m.bias.normal_(0.0, 0.1)
         for name, p in model.named_parameters():
             if name.endswith("layer_scale"):
                 p.uniform_(0.1, 0.3)
@@ -157,7 +162,7 @@ def test_the_convnext_fine_tuning_example_runs_from_converted_weights(tmp_path, 
 
 
 @pytest.mark.parametrize("arch", [a for a in sorted(PUBLISHED) if a.startswith(
-    ("efficientnet", "convnext", "vgg"))])
+    ("efficientnet", "convnext", "vgg", "mobilenet"))])
 def test_training_parts_are_torchvisions(arch):
     """Norm epsilons and momenta, dropout and stochastic-depth rates, read off torchvision's
     own modules."""
@@ -168,7 +173,7 @@ def test_training_parts_are_torchvisions(arch):
     fields = model_fields(arch)
     norms = {(m.eps, m.momentum) for m in reference.modules()
              if isinstance(m, torch.nn.BatchNorm2d)}
-    if arch.startswith("efficientnet"):
+    if arch.startswith(("efficientnet", "mobilenet")):
         assert norms == {(fields["bn_eps"], fields["bn_momentum"])}
     drops = [m.p for m in reference.modules() if isinstance(m, torch.nn.Dropout)]
     if drops:

@@ -23,10 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from cnnjax.models import register
+from cnnjax.models import layers, register
 
 # torchvision: trunc_normal_(std=0.02), whose default bounds (-2, 2) are absolute, a hundred
 # standard deviations out: a plain normal. Biases start at zero.
@@ -60,11 +59,7 @@ class Block(nn.Module):
         scale = self.param("layer_scale", nn.initializers.constant(self.layer_scale),
                            (self.dim,), jnp.float32)
         out = out * scale.astype(self.dtype)
-        if train and self.drop > 0:
-            keep = 1.0 - self.drop
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0], 1, 1, 1))
-            out = out * mask.astype(out.dtype) / keep
-        return x + out
+        return x + layers.stochastic_depth(self, out, self.drop, train)
 
 
 class ConvNeXt(nn.Module):

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models import register
+from cnnjax.models import layers, register
 
 # torchvision: kaiming_normal_(mode="fan_out") for convolutions, Linear U(-1/sqrt(out),
 # 1/sqrt(out)), zero biases.
@@ -55,8 +55,9 @@ class _Layers(nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
 
-    def conv_bn(self, x, features, kernel, train, name, strides=1, groups=1, act=True):
-        """torchvision's ``Conv2dNormActivation``: conv (``<name>_0``), BN (``<name>_1``)."""
+    def conv_bn(self, x, features, kernel, train, name, strides=1, groups=1, act=nn.silu):
+        """torchvision's ``Conv2dNormActivation``: conv (``<name>_0``), BN (``<name>_1``),
+        then ``act`` (None: none)."""
         pad = (kernel - 1) // 2
         x = nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                     padding=((pad, pad), (pad, pad)), feature_group_count=groups,
@@ -65,14 +66,17 @@ class _Layers(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum,
                          epsilon=self.bn_eps, axis_name=self.axis_name if train else None,
                          dtype=self.dtype, param_dtype=jnp.float32, name=f"{name}_1")(x)
-        return nn.silu(x) if act else x
+        return act(x) if act else x
 
 
 class SqueezeExcitation(nn.Module):
-    """torchvision.ops.SqueezeExcitation: global mean, 1x1 conv (``fc1``), SiLU, 1x1 conv
-    (``fc2``), sigmoid gate on every channel."""
+    """torchvision.ops.SqueezeExcitation: global mean, 1x1 conv (``fc1``), ``act``, 1x1 conv
+    (``fc2``), ``gate`` on every channel (EfficientNet: SiLU and sigmoid; MobileNetV3: ReLU
+    and hard sigmoid)."""
 
     squeeze: int
+    act: Any = nn.silu
+    gate: Any = nn.sigmoid
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -80,8 +84,8 @@ class SqueezeExcitation(nn.Module):
         conv = functools.partial(nn.Conv, kernel_size=(1, 1), kernel_init=conv_init,
                                  dtype=self.dtype, param_dtype=jnp.float32)
         scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-        scale = nn.silu(conv(self.squeeze, name="fc1")(scale))
-        scale = nn.sigmoid(conv(x.shape[-1], name="fc2")(scale))
+        scale = self.act(conv(self.squeeze, name="fc1")(scale))
+        scale = self.gate(conv(x.shape[-1], name="fc2")(scale))
         return x * scale
 
 
@@ -105,14 +109,10 @@ class MBConv(_Layers):
                            groups=width)
         out = SqueezeExcitation(max(1, x.shape[-1] // 4), dtype=self.dtype,
                                 name=f"block_{k + 1}")(out)
-        out = self.conv_bn(out, self.features, 1, train, f"block_{k + 2}", act=False)
+        out = self.conv_bn(out, self.features, 1, train, f"block_{k + 2}", act=None)
         if self.strides != 1 or x.shape[-1] != self.features:
             return out
-        if train and self.drop > 0:
-            keep = 1.0 - self.drop
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0], 1, 1, 1))
-            out = out * mask.astype(out.dtype) / keep
-        return x + out
+        return x + layers.stochastic_depth(self, out, self.drop, train)
 
 
 class EfficientNet(_Layers):

@@ -146,3 +146,15 @@ def _through_conditional(x: jax.Array) -> jax.Array:
     # Both branches return x (x * 1 is x, -0.0 and NaN included); they differ so that XLA keeps
     # the conditional, and the predicate reads x so that it is not known before run time.
     return lax.cond(first == first, lambda v: v, lambda v: v * 1, x)
+
+
+def stochastic_depth(module: nn.Module, branch: jax.Array, rate: float, train: bool) -> jax.Array:
+    """torchvision's ``StochasticDepth(rate, "row")`` on a residual branch: in training, each
+    example's branch is dropped with probability ``rate`` (``module``'s ``"dropout"`` rng) and
+    the kept ones are scaled by ``1 / (1 - rate)``; the identity in evaluation."""
+    if not train or not rate:
+        return branch
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep,
+                                (branch.shape[0],) + (1,) * (branch.ndim - 1))
+    return branch * mask.astype(branch.dtype) / keep

@@ -42,10 +42,12 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
          "wide_resnet50_2", "wide_resnet101_2",
          "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
          "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
-         *(f"efficientnet_b{i}" for i in range(8)))
+         *(f"efficientnet_b{i}" for i in range(8)),
+         "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 # torchvision's name of the last layer (cnnjax's ``head``), by the arch's family (its prefix).
 HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "vgg": "classifier.6",
-         "convnext": "classifier.2", "efficientnet": "classifier.1"}
+         "convnext": "classifier.2", "efficientnet": "classifier.1",
+         "mobilenet_v2": "classifier.1", "mobilenet_v3": "classifier.3"}
 
 # Flax leaf names -> torchvision's, per collection.
 _LEAF = {
