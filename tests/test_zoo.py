@@ -31,9 +31,11 @@ PUBLISHED = {
     "efficientnet_b5": 30_389_784, "efficientnet_b6": 43_040_704,
     "efficientnet_b7": 66_347_960,
     "mobilenet_v2": 3_504_872, "mobilenet_v3_small": 2_542_856, "mobilenet_v3_large": 5_483_032,
+    "densenet121": 7_978_856, "densenet161": 28_681_000, "densenet169": 14_149_480,
+    "densenet201": 20_013_928,
 }
 SMALLEST = ["resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg11_bn", "convnext_tiny",
-            "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small"]
+            "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small", "densenet121"]
 
 
 def count_params(arch):
@@ -216,3 +218,16 @@ def test_the_efficientnet_probe_example_trains_the_head_alone(tmp_path, data_dir
         for got, want in zip(jax.tree.leaves(backbone), jax.tree.leaves(before), strict=True):
             np.testing.assert_array_equal(got, np.asarray(want))
     assert state["params"]["head"]["kernel"].shape == (1280, 10)
+
+
+def test_densenet_files_with_torchvisions_old_key_names_convert_the_same():
+    """torchvision's published DenseNet files say ``denselayer1.norm.1``, not ``norm1``."""
+    import re
+
+    state = torchvision.models.densenet121().state_dict()
+    old = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v
+           for k, v in state.items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old
+    for a, b in zip(jax.tree.leaves(convert_torchvision(state, "densenet121")),
+                    jax.tree.leaves(convert_torchvision(old, "densenet121")), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -43,11 +44,13 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
          "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
          "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
          *(f"efficientnet_b{i}" for i in range(8)),
-         "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+         "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+         "densenet121", "densenet161", "densenet169", "densenet201")
 # torchvision's name of the last layer (cnnjax's ``head``), by the arch's family (its prefix).
 HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "vgg": "classifier.6",
          "convnext": "classifier.2", "efficientnet": "classifier.1",
-         "mobilenet_v2": "classifier.1", "mobilenet_v3": "classifier.3"}
+         "mobilenet_v2": "classifier.1", "mobilenet_v3": "classifier.3",
+         "densenet": "classifier"}
 
 # Flax leaf names -> torchvision's, per collection.
 _LEAF = {
@@ -56,6 +59,12 @@ _LEAF = {
 }
 # Flax module names that are not torchvision's with "_" -> ".".
 _MODULE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+
+
+# torchvision's DenseNet files name a layer's norms and convolutions "norm.1", "conv.2" (the
+# names of an older torchvision); torchvision renames them on loading, and so does this.
+_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def head_key(arch: str) -> str:
@@ -152,7 +161,8 @@ def convert_torchvision(
         for path, spec in _flatten(expected.get(collection, {})).items():
             wanted[_torch_key(collection, path, head_key(arch))] = (collection, path, spec)
 
-    given = {k: v for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
+    given = {_LEGACY.sub(r"\1\2", k) if arch.startswith("densenet") else k: v
+             for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
     missing = sorted((k for k in wanted if k not in given), key=_key_order)
     unexpected = sorted((k for k in given if k not in wanted), key=_key_order)
     mismatched = []
