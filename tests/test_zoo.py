@@ -33,17 +33,39 @@ PUBLISHED = {
     "mobilenet_v2": 3_504_872, "mobilenet_v3_small": 2_542_856, "mobilenet_v3_large": 5_483_032,
     "densenet121": 7_978_856, "densenet161": 28_681_000, "densenet169": 14_149_480,
     "densenet201": 20_013_928,
+    "regnet_y_400mf": 4_344_144, "regnet_y_800mf": 6_432_512, "regnet_y_1_6gf": 11_202_430,
+    "regnet_y_3_2gf": 19_436_338, "regnet_y_8gf": 39_381_472, "regnet_y_16gf": 83_590_140,
+    "regnet_y_32gf": 145_046_770, "regnet_y_128gf": 644_812_894,
+    "regnet_x_400mf": 5_495_976, "regnet_x_800mf": 7_259_656, "regnet_x_1_6gf": 9_190_136,
+    "regnet_x_3_2gf": 15_296_552, "regnet_x_8gf": 39_572_648, "regnet_x_16gf": 54_278_536,
+    "regnet_x_32gf": 107_811_560,
 }
 SMALLEST = ["resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg11_bn", "convnext_tiny",
-            "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small", "densenet121"]
+            "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small", "densenet121",
+            "regnet_x_400mf", "regnet_y_400mf"]
 
 
 def count_params(arch):
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(expected_variables(arch)["params"]))
 
 
+@pytest.fixture
+def meta_regnets(monkeypatch):
+    """torchvision computes RegNet widths with tensor arithmetic, which a meta device cannot
+    run: done on the CPU, while the model itself is built without weights."""
+    from torchvision.models.regnet import BlockParams
+
+    original = BlockParams.from_init_params.__func__
+
+    def on_cpu(cls, *args, **kwargs):
+        with torch.device("cpu"):
+            return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(BlockParams, "from_init_params", classmethod(on_cpu))
+
+
 @pytest.mark.parametrize("arch", sorted(PUBLISHED))
-def test_parameter_counts_equal_torchvisions(arch):
+def test_parameter_counts_equal_torchvisions(arch, meta_regnets):
     with torch.device("meta"):  # shapes only, no weights allocated
         reference = getattr(torchvision.models, arch)()
     # BatchNorm running statistics are buffers in torch and batch_stats here: not counted.

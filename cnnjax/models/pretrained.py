@@ -37,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cnnjax.models import get_model
+from cnnjax.models.regnet import REGNETS
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
          "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
@@ -45,12 +46,13 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
          "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
          *(f"efficientnet_b{i}" for i in range(8)),
          "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-         "densenet121", "densenet161", "densenet169", "densenet201")
+         "densenet121", "densenet161", "densenet169", "densenet201",
+         *sorted(REGNETS))
 # torchvision's name of the last layer (cnnjax's ``head``), by the arch's family (its prefix).
 HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "vgg": "classifier.6",
          "convnext": "classifier.2", "efficientnet": "classifier.1",
          "mobilenet_v2": "classifier.1", "mobilenet_v3": "classifier.3",
-         "densenet": "classifier"}
+         "densenet": "classifier", "regnet": "fc"}
 
 # Flax leaf names -> torchvision's, per collection.
 _LEAF = {
@@ -58,7 +60,8 @@ _LEAF = {
     "batch_stats": {"mean": "running_mean", "var": "running_var"},
 }
 # Flax module names that are not torchvision's with "_" -> ".".
-_MODULE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+_MODULE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1",
+           "trunk_output": "trunk_output"}
 
 
 # torchvision's DenseNet files name a layer's norms and convolutions "norm.1", "conv.2" (the
