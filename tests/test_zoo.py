@@ -29,7 +29,8 @@ PUBLISHED = {
     "efficientnet_b0": 5_288_548, "efficientnet_b1": 7_794_184, "efficientnet_b2": 9_109_994,
     "efficientnet_b3": 12_233_232, "efficientnet_b4": 19_341_616,
     "efficientnet_b5": 30_389_784, "efficientnet_b6": 43_040_704,
-    "efficientnet_b7": 66_347_960,
+    "efficientnet_b7": 66_347_960, "efficientnet_v2_s": 21_458_488,
+    "efficientnet_v2_m": 54_139_356, "efficientnet_v2_l": 118_515_272,
     "mobilenet_v2": 3_504_872, "mobilenet_v3_small": 2_542_856, "mobilenet_v3_large": 5_483_032,
     "densenet121": 7_978_856, "densenet161": 28_681_000, "densenet169": 14_149_480,
     "densenet201": 20_013_928,
@@ -41,8 +42,8 @@ PUBLISHED = {
     "regnet_x_32gf": 107_811_560,
 }
 SMALLEST = ["resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg11_bn", "convnext_tiny",
-            "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small", "densenet121",
-            "regnet_x_400mf", "regnet_y_400mf"]
+            "efficientnet_b0", "efficientnet_v2_s", "mobilenet_v2", "mobilenet_v3_small",
+            "densenet121", "regnet_x_400mf", "regnet_y_400mf"]
 
 
 def count_params(arch):

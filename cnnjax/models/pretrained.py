@@ -45,6 +45,7 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
          "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
          "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
          *(f"efficientnet_b{i}" for i in range(8)),
+         "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
          "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
          "densenet121", "densenet161", "densenet169", "densenet201",
          *sorted(REGNETS))
