@@ -131,3 +131,14 @@ def test_gpu_benchmark_script_runs_and_the_relaunch_loads_the_step_from_the_cach
     assert 0 < cached["jax"]["process_start_to_first_step_s"] < 120
     assert vs_torch["ratios"]["cnnjax / torch eager"]["median"] > 0
     assert "== 3." in (tmp_path / "log.txt").read_text()
+
+
+def test_zoo_benchmark_times_cnnjax_and_torchvision_in_one_process(capsys):
+    from experiments.benchmarks import zoo
+
+    zoo.main(["--models=mobilenet_v3_small", "--batch_size=8", "--image_size=32", "--steps=1",
+              "--rounds=1", "--no_torch_compile"])
+    line = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert line[0] == "mobilenet_v3_small" and float(line[1]) > 0 and float(line[2]) > 0
+    assert line[3].endswith("x") and float(line[3][:-1]) > 0  # cnnjax over torch eager
+    assert "skipped" in " ".join(line[4:])  # torch.compile left out as asked

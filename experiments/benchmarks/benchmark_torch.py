@@ -1,6 +1,7 @@
 """PyTorch references for ``benchmark``: the same networks, timed the same way.
 
-``resnet18..152`` are torchvision's own models; ``cnn`` (and ``lenet5``), ``cifar_resnet*`` and
+The torchvision zoo's models (``resnet18``, ``convnext_tiny``, ...: ``pretrained.ARCHS``) are
+torchvision's own; ``cnn`` (and ``lenet5``), ``cifar_resnet*`` and
 ``mlp`` are written here layer for layer from the cnnjax modules' fields, and
 :func:`reference_model` checks that the parameter count equals the JAX model's. The timed step
 is the usual eager loop (uint8 -> normalise -> forward -> cross-entropy -> backward -> SGD with
@@ -15,9 +16,9 @@ import time
 from typing import Any
 
 from cnnjax import models
+from cnnjax.models import pretrained
 from experiments.benchmarks.measure import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, timing
 
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # cnnjax ResNet fields that change how, not what, the network computes.
 PERFORMANCE_ONLY_FIELDS = {"space_to_depth_stem", "fused_max_pool", "materialize_on_cpu"}
 
@@ -131,8 +132,8 @@ def reference_model(name: str, model_kwargs: dict[str, Any], num_classes: int, c
     cls = models.get_constructor(name)
     while hasattr(cls, "func"):
         cls = cls.func
-    if name in TORCHVISION_RESNETS and not set(model_kwargs) - PERFORMANCE_ONLY_FIELDS:
-        import torchvision
+    if name in pretrained.ARCHS and not set(model_kwargs) - PERFORMANCE_ONLY_FIELDS:
+        import torchvision  # the torchvision zoo: its own models
 
         module = getattr(torchvision.models, name)(num_classes=num_classes)
     elif cls.__name__ == "CNN":
