@@ -17,24 +17,11 @@ The backbone's params and BatchNorm statistics stay as they were (it runs in inf
 no dropout, no stochastic depth); only `head/*` trains.
 """
 
-from cnnjax.config import defaults, model_config
+from cnnjax.config import model_config
+from experiments.cifar10_linear_probe_resnet18 import get_config as resnet18_probe
 
 
 def get_config():
-    config = defaults()
+    config = resnet18_probe()  # the same probe: a new head on frozen features, SGD, cosine
     config.model = model_config("efficientnet_b0")
-    config.data.name = "cifar10"
-    config.data.image_size = 128
-    config.data.flip = True
-    config.data.batch_size = 256
-    config.init.checkpoint = ""  # required: --config.init.checkpoint=pretrained/efficientnet_b0
-    config.init.exclude = "^head/"  # the 1000-class head gives way to a fresh 10-class one
-    config.optimizer.freeze_backbone = True
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.1
-    config.optimizer.momentum = 0.9
-    config.optimizer.schedule = "cosine"
-    config.train.num_epochs = 10
-    config.train.log_every_steps = 50
-    config.train.checkpoint_every_steps = 1000
     return config

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from cnnjax.models import register
+from cnnjax.models import layers, register
 
 # torchvision: kaiming_normal_ (fan_in, gain sqrt(2)) for convolutions, PyTorch's default
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the classifier's weight, zero bias.
@@ -136,8 +135,8 @@ class DenseNet(_Layers):
         x = self.conv(x, self.num_init_features, 7, "features_conv0", strides=2)
         x = self.norm_relu(x, train, "features_norm0")
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for i, layers in enumerate(self.block_config):
-            x = DenseBlock(layers=layers, growth=self.growth_rate, bottleneck=self.bn_size,
+        for i, depth in enumerate(self.block_config):
+            x = DenseBlock(layers=depth, growth=self.growth_rate, bottleneck=self.bn_size,
                            drop=self.drop_rate, **shared,
                            name=f"features_denseblock{i + 1}")(x, train)
             if i != len(self.block_config) - 1:
@@ -146,16 +145,10 @@ class DenseNet(_Layers):
         x = self.norm_relu(x, train, "features_norm5")
         x = jnp.mean(x, axis=(1, 2))
         bound = 1.0 / math.sqrt(x.shape[-1])
-        x = nn.Dense(self.num_classes, kernel_init=_uniform(bound), dtype=self.dtype,
+        x = nn.Dense(self.num_classes, kernel_init=layers.uniform(bound), dtype=self.dtype,
                      param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)
 
-
-def _uniform(bound: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 for _name, _growth, _blocks, _init in (

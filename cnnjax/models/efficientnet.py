@@ -28,7 +28,6 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from cnnjax.models import layers, register
@@ -78,10 +77,13 @@ class _Layers(nn.Module):
                     padding=((pad, pad), (pad, pad)), feature_group_count=groups,
                     use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                     param_dtype=jnp.float32, name=f"{name}_0")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum,
-                         epsilon=self.bn_eps, axis_name=self.axis_name if train else None,
-                         dtype=self.dtype, param_dtype=jnp.float32, name=f"{name}_1")(x)
+        x = self.norm(x, train, f"{name}_1")
         return act(x) if act else x
+
+    def norm(self, x, train, name):
+        return nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum,
+                            epsilon=self.bn_eps, axis_name=self.axis_name if train else None,
+                            dtype=self.dtype, param_dtype=jnp.float32, name=name)(x)
 
 
 class SqueezeExcitation(nn.Module):
@@ -211,16 +213,10 @@ class EfficientNet(_Layers):
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout, deterministic=not train or not self.dropout)(x)
         bound = 1.0 / math.sqrt(self.num_classes)
-        x = nn.Dense(self.num_classes, kernel_init=_uniform(bound), dtype=self.dtype,
+        x = nn.Dense(self.num_classes, kernel_init=layers.uniform(bound), dtype=self.dtype,
                      param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)
 
-
-def _uniform(bound: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 _TF_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}  # B5..B7: weights ported from TensorFlow

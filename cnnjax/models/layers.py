@@ -158,3 +158,12 @@ def stochastic_depth(module: nn.Module, branch: jax.Array, rate: float, train: b
     mask = jax.random.bernoulli(module.make_rng("dropout"), keep,
                                 (branch.shape[0],) + (1,) * (branch.ndim - 1))
     return branch * mask.astype(branch.dtype) / keep
+
+
+def uniform(bound: float):
+    """``U(-bound, bound)``: PyTorch's default Linear init, with ``bound = 1/sqrt(fan_in)``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init

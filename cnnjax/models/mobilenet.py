@@ -115,9 +115,7 @@ class InvertedResidualV2(_Layers):
         # The projection is a bare conv and BatchNorm: conv_<k+1>, conv_<k+2> in torchvision.
         out = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=conv_init,
                       dtype=self.dtype, param_dtype=jnp.float32, name=f"conv_{k + 1}")(out)
-        out = nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum,
-                           epsilon=self.bn_eps, axis_name=self.axis_name if train else None,
-                           dtype=self.dtype, param_dtype=jnp.float32, name=f"conv_{k + 2}")(out)
+        out = self.norm(out, train, f"conv_{k + 2}")
         residual = self.strides == 1 and x.shape[-1] == self.features
         return x + out if residual else out
 
