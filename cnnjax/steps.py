@@ -191,16 +191,13 @@ def train_step_per_device(
         jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     )
     finite = lax.pmin(finite.astype(jnp.int32), parallel.AXIS).astype(bool)
-    ema = state.ema
-    if ema_decay:
-        ema = jax.tree.map(lambda e, v: ema_decay * e + (1.0 - ema_decay) * v, state.ema,
-                           variables(params, batch_stats))
-    if skip_nonfinite:
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        params = keep(params, state.params)
-        opt_state = keep(opt_state, state.opt_state)
-        batch_stats = keep(batch_stats, state.batch_stats)
-        ema = keep(ema, state.ema)
+    ema = moving_average(state.ema, ema_decay, variables(params, batch_stats)) if ema_decay \
+        else state.ema
+    if skip_nonfinite:  # the values from before the step, where it was not finite
+        new, old = (params, opt_state, batch_stats, ema), (state.params, state.opt_state,
+                                                           state.batch_stats, state.ema)
+        params, opt_state, batch_stats, ema = jax.tree.map(
+            lambda a, b: jnp.where(finite, a, b), new, old)
     metrics = {
         "loss": lax.pmean(loss, parallel.AXIS),
         "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), parallel.AXIS),
@@ -212,6 +209,11 @@ def train_step_per_device(
         ema=ema,
     )
     return new_state, metrics
+
+
+def moving_average(average: Any, decay: float, new: Any) -> Any:
+    """``decay * average + (1 - decay) * new``, leaf by leaf."""
+    return jax.tree.map(lambda a, v: decay * a + (1.0 - decay) * v, average, new)
 
 
 def eval_step_per_device(
