@@ -204,3 +204,36 @@ def test_command_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert needle.format(tmp=tmp_path) in lines[0], result.stderr
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_safetensors_weights_convert_without_torch(tmp_path):
+    """A .safetensors state_dict (written by safetensors' own torch writer) converts in a
+    process where torch cannot be imported; the logits equal torchvision's."""
+    from safetensors.torch import save_file
+
+    from tests.test_zoo import random_torchvision
+
+    reference = random_torchvision("mobilenet_v3_small")
+    weights, out = tmp_path / "mobilenet_v3_small.safetensors", tmp_path / "ckpt"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, weights)
+    code = ("import sys; sys.modules['torch'] = None; "  # any `import torch` now fails
+            "from cnnjax.models.pretrained import main; sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--arch=mobilenet_v3_small", f"--torch_weights={weights}",
+         f"--out={out}"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    images = torch.randn(2, 3, 97, 97)
+    with torch.no_grad():
+        expected = reference(images).numpy()
+    logits = get_model("mobilenet_v3_small").apply(
+        load_pretrained(out), jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
+    assert np.abs(np.asarray(logits) - expected).max() / np.abs(expected).max() < 1e-5
+
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    bad = run_command("--arch=mobilenet_v3_small", f"--torch_weights={tmp_path}/bad.safetensors",
+                      f"--out={tmp_path}/ckpt2")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(f"error: cannot read {tmp_path}/bad.safetensors as a "
+                                 "safetensors file") and bad.stderr.count("\n") == 1

@@ -3,7 +3,7 @@
 
 Usage::
 
-    state_dict = load_torch_state_dict("resnet50.pth")       # torch.load(..., weights_only=True)
+    state_dict = load_state_dict("resnet50.pth")  # torch.load(weights_only=True); or .safetensors
     variables = convert_torchvision(state_dict, "resnet50")
     save_pretrained(variables, "/ckpt/resnet50")
     variables = load_pretrained("/ckpt/resnet50")
@@ -196,6 +196,24 @@ def convert_torchvision(
 convert_torchvision_resnet = convert_torchvision  # the name it had when it took ResNets only
 
 
+def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """A torchvision state_dict from a ``.safetensors`` file (read with the ``safetensors``
+    package alone: no torch, no code) or a ``.pth`` file (:func:`load_torch_state_dict`)."""
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        return load_torch_state_dict(path)
+    from safetensors import SafetensorError  # only for .safetensors files
+    from safetensors.numpy import load_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as a safetensors file ({e}); pass the "
+                         ".safetensors file of a torchvision state_dict") from None
+
+
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a ``.pth`` state_dict with ``torch.load(weights_only=True)`` (tensors only, no code).
 
@@ -262,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Convert torchvision weights (.pth) into a cnnjax Orbax checkpoint.",
     )
     parser.add_argument("--arch", required=True, help=f"one of: {', '.join(ARCHS)}")
-    parser.add_argument("--torch_weights", required=True, help="path of the .pth state_dict")
+    parser.add_argument("--torch_weights", required=True,
+                        help="the torchvision state_dict: a .pth (needs torch) or a "
+                             ".safetensors file (needs only the safetensors package)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.add_argument("--num_classes", type=int, default=None,
                         help="classifier width (default: the model's, 1000)")
@@ -282,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                              "in one") from None
         if os.path.exists(args.out) and not args.overwrite:
             raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
-        state_dict = load_torch_state_dict(args.torch_weights)
+        state_dict = load_state_dict(args.torch_weights)
         variables = convert_torchvision(state_dict, args.arch, num_classes=args.num_classes)
         path = save_pretrained(variables, args.out, overwrite=args.overwrite)
     except (OSError, ValueError, ImportError) as e:
