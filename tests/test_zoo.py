@@ -254,3 +254,16 @@ def test_densenet_files_with_torchvisions_old_key_names_convert_the_same():
     for a, b in zip(jax.tree.leaves(convert_torchvision(state, "densenet121")),
                     jax.tree.leaves(convert_torchvision(old, "densenet121")), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("arch, smallest", [("vgg11", 32), ("convnext_tiny", 32),
+                                            ("densenet121", 29)])
+def test_an_image_too_small_to_halve_is_refused_not_turned_into_nan(arch, smallest):
+    """Below its smallest size a 2x2/2 step would average an empty map (NaN logits); the
+    abstract trace that launch runs before any work raises instead."""
+    model = get_model(arch, num_classes=10)
+    init = lambda size: jax.eval_shape(  # noqa: E731
+        model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    init(smallest)
+    with pytest.raises(ValueError, match=f"needs images of {smallest}x{smallest} or more"):
+        init(smallest - 1)

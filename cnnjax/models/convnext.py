@@ -104,6 +104,7 @@ class ConvNeXt(nn.Module):
             index = 2 * stage + 1  # torchvision's features index: stages and downsamplings
             if stage:
                 x = _layer_norm(f"features_{index - 1}_0", self.dtype)(x)
+                layers.check_halvable(x, "ConvNeXt", 32)
                 x = conv(width, (2, 2), strides=(2, 2), name=f"features_{index - 1}_1")(x)
             for j in range(depth):
                 drop = self.stochastic_depth_prob * done / max(total - 1.0, 1.0)

@@ -90,6 +90,7 @@ class Transition(_Layers):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = self.conv(self.norm_relu(x, train, "norm"), self.features, 1, "conv")
+        layers.check_halvable(x, "DenseNet", 29)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 

@@ -167,3 +167,10 @@ def uniform(bound: float):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def check_halvable(x: jax.Array, model: str, smallest: int) -> None:
+    """Raises a ValueError when a 2x2/2 step would leave ``x`` no pixel (a NaN mean later)."""
+    if min(x.shape[1:3]) < 2:
+        raise ValueError(f"{model} halves a {x.shape[1]}x{x.shape[2]} map to nothing: it needs "
+                         f"images of {smallest}x{smallest} or more")

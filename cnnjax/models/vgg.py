@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from cnnjax.models import register
+from cnnjax.models import layers, register
 from cnnjax.models.resnet import conv_init
 
 # torchvision's configurations: widths of the 3x3 convolutions, "M" for a 2x2/2 max-pool.
@@ -70,6 +70,7 @@ class VGG(nn.Module):
         index = 0  # the position in torchvision's `features` Sequential
         for width in CONFIGS[self.cfg]:
             if width == "M":
+                layers.check_halvable(x, "VGG", 32)
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 index += 1
                 continue
