@@ -7,7 +7,7 @@ writers of a run: ``jsonl`` (``metrics.jsonl``, the run's record, which plots, r
 sweeps read), ``tensorboard`` (event files in ``tensorboard/``) and ``progress`` (the
 terminal's lines and progress bar). A writer of your own plugs in from a config file::
 
-    from cnnjax import metrics
+    from cnnjax import config, metrics
 
     class PrintWriter:  # any object with the three methods
         def __init__(self, run: metrics.RunInfo): ...
@@ -18,7 +18,7 @@ terminal's lines and progress bar). A writer of your own plugs in from a config 
     metrics.WRITERS["print"] = PrintWriter
 
     def get_config():
-        c = cnnjax.config.defaults()
+        c = config.defaults()
         c.train.writers = "jsonl,progress,print"
         return c
 """
