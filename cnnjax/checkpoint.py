@@ -20,6 +20,7 @@ checkpoint's progress JSON, so a resumed run compares against the best of the ru
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -71,14 +72,21 @@ def read_step(directory: str, step: int) -> tuple[Any, dict[str, Any]]:
     Read-only (a run still training there keeps its in-flight saves) and independent of the
     devices and processes that wrote it.
     """
-    manager = ocp.CheckpointManager(
-        os.path.abspath(directory), item_handlers=_handlers(),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    )
+    absl_logger = logging.getLogger("absl")  # Orbax warns that a read-only directory is one
+    level = absl_logger.level
+    absl_logger.setLevel(max(level, logging.ERROR))
     try:
-        return _read(manager, step)
+        manager = ocp.CheckpointManager(
+            os.path.abspath(directory), item_handlers=_handlers(),
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                 save_interval_steps=0),
+        )
+        try:
+            return _read(manager, step)
+        finally:
+            manager.close()
     finally:
-        manager.close()
+        absl_logger.setLevel(level)
 
 
 class Checkpointer:

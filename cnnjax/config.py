@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cnnjax import metrics, models, optim
+from cnnjax import metrics, models, optim, trackers
 from cnnjax.errors import ConfigError
 
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
@@ -31,88 +31,111 @@ BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "eval_ema_ac
 NAN_POLICIES = ("stop", "skip")
 
 
+# Every field a run reads outside the model section: (default, what it means, in one line).
+# The model section is the chosen model's own fields (`model_config`), whose meanings are
+# the model's docstring (`models.field_help`). `--print_config --config.<section>` shows them.
+FIELDS: dict[str, tuple[Any, str]] = {
+    "seed": (0, "fixes init, data order and per-step randomness: same seed, same run"),
+    "data.name": ("digits", "the dataset: digits (built in, offline), a prepared TFDS name, "
+                  "npz:FILE or folder:DIR"),
+    "data.data_dir": ("", "TFDS's data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets"),
+    "data.batch_size": (64, "global batch size, split evenly over all devices of all processes"),
+    "data.eval_batch_size": (256, "global; the last eval batch is padded and masked"),
+    "data.crop_padding": (0, "random crops after this much zero padding (train only; 0 = none)"),
+    "data.flip": (False, "random left-right flips (train only; wrong for digits and text)"),
+    "data.mixup_alpha": (0.0, "mixup's Beta(alpha, alpha) blend weights (0 = off; with cutmix "
+                         "each example takes one, half the time)"),
+    "data.cutmix_alpha": (0.0, "cutmix's Beta(alpha, alpha) kept-area share (0 = off)"),
+    "data.image_size": (0, "training/eval height = width; 0 = the dataset's "
+                        "(cnnjax/data/catalog.py)"),
+    "data.loader": ("auto", "memory (decoded into host memory once), streaming (Grain worker "
+                    "processes) or auto (memory when it fits under max_memory_mb)"),
+    "data.max_memory_mb": (4096, "the most host memory the in-memory loader may take"),
+    "data.workers": (4, "streaming: Grain worker processes (0 = in this process)"),
+    "data.skip_corrupt": (False, "folder: skip undecodable images with a warning instead of "
+                          "stopping"),
+    "optimizer.name": ("sgd", "the optimizer (cnnjax.optim.OPTIMIZERS)"),
+    "optimizer.learning_rate": (0.1, "peak learning rate"),
+    "optimizer.momentum": (0.9, "sgd only"),
+    "optimizer.nesterov": (False, "sgd only: Nesterov momentum"),
+    "optimizer.b1": (0.9, "adam/adamw: first-moment decay"),
+    "optimizer.b2": (0.999, "adam/adamw: second-moment decay"),
+    "optimizer.eps": (1e-8, "adam/adamw: denominator epsilon"),
+    "optimizer.weight_decay": (0.0, "on kernels only; sgd/adam add it to the gradient (L2), "
+                               "adamw decouples it"),
+    "optimizer.schedule": ("cosine", "the learning-rate schedule (cnnjax.optim.SCHEDULES)"),
+    "optimizer.warmup_epochs": (0.0, "linear warm-up from 0, before the schedule"),
+    "optimizer.boundaries_epochs": ((30.0, 60.0, 80.0), "piecewise: the epochs where the rate "
+                                    "drops"),
+    "optimizer.decay_factor": (0.1, "piecewise: the multiplier at each boundary"),
+    "optimizer.grad_clip_norm": (0.0, "clip the global gradient norm to this (0 = off)"),
+    "optimizer.head": ("^head/", "regex of the classifier's parameter paths (transfer learning)"),
+    "optimizer.freeze_backbone": (False, "train the head alone: a linear probe (the backbone's "
+                                  "BatchNorm statistics are frozen too)"),
+    "optimizer.backbone_lr_scale": (1.0, "the backbone's learning rate relative to the head's"),
+    "init.checkpoint": ("", "start from these weights: a directory of python -m "
+                        "cnnjax.models.pretrained, or an earlier run's workdir; '' = scratch"),
+    "init.exclude": ("", "regex of parameter paths never copied from init.checkpoint"),
+    "train.num_epochs": (10.0, "training length in epochs (fractions allowed)"),
+    "train.num_steps": (-1, "training length in steps when >= 0 (takes precedence)"),
+    "train.label_smoothing": (0.0, "label smoothing of the cross-entropy"),
+    "train.ema_decay": (0.0, "decay of a moving average of the weights, evaluated beside them "
+                        "(eval_ema_*; 0 = none)"),
+    "train.nan_policy": ("stop", "a non-finite loss or gradient: stop (naming the step, the state "
+                         "never saved) or skip (drop the update, count it)"),
+    "train.log_every_steps": (50, "a train-metrics record every this many steps"),
+    "train.eval_every_steps": (-1, "evaluate every this many steps; -1 = every epoch, 0 = only "
+                               "at the end"),
+    "train.checkpoint_every_steps": (500, "checkpoint every this many steps, and at the end"),
+    "train.keep_checkpoints": (3, "the newest this many checkpoints are kept"),
+    "train.best_metric": ("eval_accuracy", "the eval metric whose best state is kept in "
+                          "W/best_checkpoint ('' = none)"),
+    "train.best_mode": ("max", "max or min: which way best_metric improves"),
+    "train.plots": (True, "PNGs in W/plots at the end of training (about a second)"),
+    "train.writers": ("jsonl,tensorboard,progress", "where the metrics go "
+                      "(cnnjax.metrics.WRITERS, comma-separated; jsonl is always kept)"),
+    "logging.wandb.project": ("", "a Weights & Biases project to log to ('' = off; pip install "
+                              "cnnjax[wandb])"),
+    "logging.wandb.entity": ("", "the W&B entity (team or user); '' = your default"),
+    "logging.wandb.mode": ("", "online, offline or disabled; '' = wandb's own ($WANDB_MODE)"),
+    "logging.mlflow.experiment": ("", "an MLflow experiment to log to ('' = off; pip install "
+                                  "cnnjax[mlflow])"),
+    "logging.mlflow.tracking_uri": ("", "the MLflow tracking URI; '' = MLflow's own "
+                                    "($MLFLOW_TRACKING_URI, else ./mlruns)"),
+}
+SECTIONS = ("seed", "model", "data", "optimizer", "init", "train", "logging")
+
+
 def defaults() -> ml_collections.ConfigDict:
-    """Every field a run reads, with its default and the reason for it."""
+    """Every field a run reads, with its default (``FIELDS``; the model section is the
+    default model's)."""
     c = ml_collections.ConfigDict()
-    c.seed = 0  # fixes init, data order and per-step randomness: same seed, same run
-
-    # Model: `name` picks a registered module; the other fields are that module's own
-    # (see `model_config`), so each can be overridden from the command line.
     c.model = model_config("cnn")
-
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"  # built in and offline; any prepared TFDS dataset works too
-    c.data.data_dir = ""  # "" = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-    c.data.batch_size = 64  # global: split evenly over all devices of all processes
-    c.data.eval_batch_size = 256  # global; the last eval batch is padded and masked
-    c.data.crop_padding = 0  # random crop after this much zero padding (train only)
-    c.data.flip = False  # random left-right flips (train only; wrong for digits and text)
-    # Soft-label mixing on device (0 = off). Both on: each example takes one, half the time.
-    c.data.mixup_alpha = 0.0  # mixup (Zhang et al. 2018): Beta(alpha, alpha) blend weights
-    c.data.cutmix_alpha = 0.0  # cutmix (Yun et al. 2019): Beta(alpha, alpha) kept-area share
-    c.data.image_size = 0  # training/eval height = width; 0 = the dataset's (data/catalog.py)
-    # "memory" decodes both splits into host memory once; "streaming" reads with Grain worker
-    # processes; "auto" takes memory when the decoded splits fit under max_memory_mb.
-    c.data.loader = "auto"
-    c.data.max_memory_mb = 4096
-    c.data.workers = 4  # streaming: Grain worker processes (0 = in this process)
-    c.data.skip_corrupt = False  # folder: skip undecodable images with a warning, not stop
-
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "sgd"  # one of OPTIMIZERS
-    c.optimizer.learning_rate = 0.1  # peak learning rate
-    c.optimizer.momentum = 0.9  # sgd only
-    c.optimizer.nesterov = False  # sgd only
-    c.optimizer.b1 = 0.9  # adam/adamw
-    c.optimizer.b2 = 0.999  # adam/adamw
-    c.optimizer.eps = 1e-8  # adam/adamw
-    # Decays kernels only: biases and norm scales/offsets are left alone, as is standard.
-    # sgd/adam add it to the gradient (L2); adamw decouples it (Loshchilov & Hutter).
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "cosine"  # one of SCHEDULES
-    c.optimizer.warmup_epochs = 0.0  # linear warm-up from 0, before any schedule
-    c.optimizer.boundaries_epochs = (30.0, 60.0, 80.0)  # piecewise: where the rate drops
-    c.optimizer.decay_factor = 0.1  # piecewise: multiplier at each boundary
-    c.optimizer.grad_clip_norm = 0.0  # clip the global gradient norm; 0 disables it
-    # Transfer learning: `head` is a regex of the classifier's parameter paths ("head" in
-    # every registered model). freeze_backbone trains the head alone (a linear probe; the
-    # backbone's BatchNorm statistics are frozen too); backbone_lr_scale < 1 fine-tunes the
-    # backbone with a smaller learning rate.
-    c.optimizer.head = "^head/"
-    c.optimizer.freeze_backbone = False
-    c.optimizer.backbone_lr_scale = 1.0
-
-    # Start from pretrained weights: a directory written by `python -m
-    # cnnjax.models.pretrained`, or an earlier run's workdir. "" starts from scratch.
-    c.init = ml_collections.ConfigDict()
-    c.init.checkpoint = ""
-    c.init.exclude = ""  # regex of paths never copied (matching shapes are copied otherwise)
-
-    c.train = ml_collections.ConfigDict()
-    c.train.num_epochs = 10.0  # training length in epochs (fractions allowed)...
-    c.train.num_steps = -1  # ...or in steps when >= 0 (takes precedence)
-    c.train.label_smoothing = 0.0
-    # An exponential moving average of the weights (params and BatchNorm statistics), updated
-    # after every step with this decay (0 = none; 0.9998 or so for ImageNet recipes). It is
-    # checkpointed with the state, evaluated beside the raw weights (eval_ema_* metrics) and
-    # chosen for --mode=eval/predict/visualize with --ema.
-    c.train.ema_decay = 0.0
-    # What a non-finite loss or gradient does: "stop" (error naming the step; the state is
-    # never checkpointed) or "skip" (drop that update, count it in metrics.jsonl).
-    c.train.nan_policy = "stop"
-    c.train.log_every_steps = 50  # a train-metrics line in metrics.jsonl
-    c.train.eval_every_steps = -1  # -1 = at the end of every epoch; 0 = only at the end
-    c.train.checkpoint_every_steps = 500  # and always at the end of the run
-    c.train.keep_checkpoints = 3  # the newest K are kept
-    # The state with the best value of this eval metric is kept in W/best_checkpoint
-    # (--checkpoint=best); "" keeps no best checkpoint. One of BEST_METRICS.
-    c.train.best_metric = "eval_accuracy"
-    c.train.best_mode = "max"  # "max" or "min" (use "min" for eval_loss)
-    c.train.plots = True  # PNGs in W/plots at the end of training (about a second)
-    # Where the metrics go: names from cnnjax.metrics.WRITERS, comma-separated. "jsonl"
-    # (metrics.jsonl) is the run's record and always kept; "progress" is the terminal.
-    c.train.writers = "jsonl,tensorboard,progress"
+    for key, (value, _) in FIELDS.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if part not in node:
+                node[part] = ml_collections.ConfigDict()
+            node = node[part]
+        node[leaf] = value
     return c
+
+
+def describe(config: ml_collections.ConfigDict, section: str) -> list[str]:
+    """Lines ``key = value  # meaning`` for the fields of ``section`` (``"optimizer"``,
+    ``"logging.wandb"``, ``"model"``) with their values in ``config``."""
+    flat = _flat(to_dict(config))
+    keys = [k for k in flat if k.startswith(section + ".")]
+    meaning = {k: h for k, (_, h) in FIELDS.items()}
+    if section.split(".")[0] == "model":
+        fields = models.field_help(config.model.name)
+        meaning.update({f"model.{k}": v for k, v in fields.items()})
+        meaning["model.name"] = ("the registered model (cnnjax.models.names()); naming another "
+                                 "brings its own fields")
+    rows = [(f"{k} = {flat[k]!r}", meaning.get(k, "")) for k in sorted(keys)]
+    width = max((len(a) for a, _ in rows), default=0)
+    return [f"{a:<{width}}  # {b}" if b else a for a, b in rows]
 
 
 def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -260,7 +283,7 @@ CHOICES: dict[str, Any] = {
 _CHOICE_WORDS = {"optimizer.name": "optimizer", "optimizer.schedule": "schedule"}
 
 
-def _check_values(flat: dict[str, Any]) -> None:
+def _check_values(flat: dict[str, Any], config: dict[str, Any]) -> None:
     for key, value in flat.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value}")
@@ -289,15 +312,21 @@ def _check_values(flat: dict[str, Any]) -> None:
         better = "min" if metric.endswith("_loss") else "max"
         raise ConfigError(f"train.best_metric={metric!r} with train.best_mode={mode!r} keeps "
                           f"the worst checkpoint; pass --config.train.best_mode={better}")
-    _check_writers(flat["train.writers"])
+    _check_writers(flat["train.writers"], config)
+    trackers.check_installed(trackers.configured(config))
     if flat["train.num_steps"] == -1 and flat["train.num_epochs"] == 0:
         raise ConfigError("train.num_epochs=0 trains for no step; pass "
                           "--config.train.num_epochs > 0 (or --config.train.num_steps > 0)")
 
 
-def _check_writers(spec: str) -> None:
+def _check_writers(spec: str, config: dict[str, Any]) -> None:
     names = metrics.writer_names(spec)
+    on = trackers.configured(config)
     for name in names:
+        if name in trackers.EXTRAS and name not in on:
+            key = trackers.EXTRAS[name][1]
+            raise ConfigError(f"train.writers names {name!r}, which needs --config.{key}=NAME "
+                              "(which alone turns it on)")
         if name not in metrics.WRITERS:
             raise ConfigError(
                 f"unknown metric writer {name!r} in train.writers; choose from: "
@@ -328,7 +357,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         models.check_fields(name, model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _check_values({k: v for k, v in _flat(d).items() if not k.startswith("model.")})
+    _check_values({k: v for k, v in _flat(d).items() if not k.startswith("model.")}, d)
     data = d["data"]
     _validate_data(data)
     for key in ("batch_size", "eval_batch_size"):

@@ -34,13 +34,50 @@ from cnnjax.data.local import read_npz
 
 @dataclasses.dataclass
 class Run:
-    """A checkpoint of a workdir, ready to evaluate (``variables`` are host arrays)."""
+    """A checkpoint of a workdir with the config it was trained with (``variables`` are host
+    arrays): its ``model``, ``predict(images)`` and ``evaluate()``."""
 
     workdir: str
     checkpoint: str
     step: int
     config: ml_collections.ConfigDict
     variables: dict[str, Any]
+
+    @property
+    def info(self) -> data_lib.DatasetInfo:
+        """The dataset's description as training saw it (size, channels, classes, mean/std)."""
+        return data_lib.describe(self.config.data)
+
+    @property
+    def model(self):
+        """The Flax module: ``run.model.apply(run.variables, x, train=False)`` gives logits
+        of images normalised as training did."""
+        return models.from_config(self.config.model, self.info.num_classes)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Class probabilities ``[n, classes]`` of ``images``: an array ``[n, h, w(, c)]`` of
+        0..255 pixels at the training size, or a list of image file paths (converted to the
+        dataset's channels and size)."""
+        info = self.info
+        if isinstance(images, (list, tuple)) and images and isinstance(images[0], str):
+            images = load_inputs(",".join(images), info.image_shape)[1]
+        images = np.asarray(images)
+        if images.ndim == 3 and info.image_shape[2] == 1:
+            images = images[..., None]
+        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(info.image_shape):
+            raise config_lib.ConfigError(
+                f"images of shape {images.shape} do not fit {info.name}'s "
+                f"{'x'.join(map(str, info.image_shape))}; pass [n, "
+                f"{', '.join(map(str, info.image_shape))}] pixels, or image file paths")
+        predict = make_predict(self.model, info.mean, info.std)
+        return np.asarray(predict(self.variables, images.astype(np.uint8)))
+
+    def evaluate(self) -> dict[str, Any]:
+        """Top-1, top-5, loss, per-class accuracy and confusion matrix on the test split, as
+        ``--mode=eval`` computes them (equal to the training loop's evaluation)."""
+        data = data_lib.build(self.config.data, self.config.seed, jax.process_index(),
+                              jax.process_count())
+        return evaluate(self.config, self.variables, data, parallel.make_mesh())
 
 
 def resolve_checkpoint(workdir: str, which: str = "latest") -> tuple[str, int]:
@@ -162,11 +199,8 @@ def run_eval(workdir: str, which: str = "latest", ema: bool = False) -> dict[str
     ``ema``), prints a table, writes eval.json."""
     run = load_run(workdir, which, ema)
     config_lib.validate(run.config, jax.device_count())
-    data = data_lib.build(run.config.data, run.config.seed, jax.process_index(),
-                          jax.process_count())
     result = {"workdir": run.workdir, "checkpoint": which, "step": run.step,
-              "weights": "ema" if ema else "trained",
-              **evaluate(run.config, run.variables, data, parallel.make_mesh())}
+              "weights": "ema" if ema else "trained", **run.evaluate()}
     if jax.process_index() == 0:
         files.write_json(os.path.join(run.workdir, "eval.json"), result)
         print(format_eval(result))
@@ -257,11 +291,8 @@ def run_predict(workdir: str, inputs: str, which: str = "latest",
                 ema: bool = False) -> list[dict[str, Any]]:
     """``--mode=predict``: classes and probabilities for ``inputs``, into predictions.csv."""
     run = load_run(workdir, which, ema)
-    info = data_lib.describe(run.config.data)  # what training normalised with
-    names, images = load_inputs(inputs, info.image_shape)
-    model = models.from_config(run.config.model, info.num_classes)
-    predict = make_predict(model, info.mean, info.std)
-    probs = np.asarray(predict(run.variables, images))
+    names, images = load_inputs(inputs, run.info.image_shape)
+    probs = run.predict(images)
     rows = [{"input": n, "predicted": int(p.argmax()), "probability": float(p.max()),
              **{f"p_{k}": float(v) for k, v in enumerate(p)}}
             for n, p in zip(names, probs, strict=True)]

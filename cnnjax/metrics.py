@@ -34,7 +34,8 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from cnnjax import files
+from cnnjax import files, trackers
+from cnnjax.errors import ConfigError
 from cnnjax.progress import ProgressBar
 from cnnjax.tensorboard import EventWriter
 
@@ -87,6 +88,7 @@ class RunInfo:
     total_steps: int
     steps_per_epoch: int
     batch_size: int  # global
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # the run's, as JSON
 
 
 class MetricWriter(Protocol):
@@ -95,7 +97,9 @@ class MetricWriter(Protocol):
 
     A writer may also define ``on_step(step, metrics)``, called after every training step
     with that step's metrics still on the device (the progress bar draws from it); fetching
-    them waits for the device, so such a writer must rate-limit itself.
+    them waits for the device, so such a writer must rate-limit itself. At the end of the run
+    it may take ``write_images(step, {name: png_path})`` (the plots) and
+    ``write_summary(summary)`` (``summary.json``'s contents).
     """
 
     def write_scalars(self, step: int, values: dict[str, float]) -> None: ...
@@ -143,7 +147,10 @@ class TensorBoardWriter:
         self.events.write({"step": step, **values})
 
     def write_hparams(self, config: dict[str, Any]) -> None:
-        pass
+        self.events.write_hparams(config)  # TensorBoard's HParams tab compares runs by them
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self.events.write_session_end(summary["step"])
 
     def close(self) -> None:
         self.events.close()
@@ -189,6 +196,9 @@ WRITERS: dict[str, Callable[[RunInfo], MetricWriter]] = {
     "jsonl": JsonlWriter,
     "tensorboard": TensorBoardWriter,
     "progress": ProgressWriter,
+    # Trackers, each an optional extra: on when configured in `logging` (trackers.configured).
+    "wandb": trackers.WandbWriter,
+    "mlflow": trackers.MlflowWriter,
 }
 
 
@@ -198,13 +208,24 @@ def writer_names(spec: str) -> list[str]:
 
 
 class Writers:
-    """The writers named in ``train.writers``, called in that order."""
+    """The writers named in ``train.writers``, then the trackers that ``run.config`` turns on
+    (``logging.wandb``, ``logging.mlflow``), called in that order."""
 
     def __init__(self, spec: str, run: RunInfo):
         self.writers: list[MetricWriter] = []
+        names = writer_names(spec)
+        names += [name for name in trackers.configured(run.config) if name not in names]
         try:
-            for name in writer_names(spec):
-                self.writers.append(WRITERS[name](run))
+            for name in names:
+                try:
+                    self.writers.append(WRITERS[name](run))
+                except Exception as e:
+                    if name not in trackers.EXTRAS:
+                        raise
+                    raise ConfigError(f"{name} could not start a run ({type(e).__name__}: "
+                                      f"{str(e).strip().splitlines()[0] if str(e).strip() else e}"
+                                      f"); check its settings in --config.logging.{name}.*, "
+                                      "or log offline") from e
         except BaseException:
             self.close()
             raise
@@ -221,6 +242,16 @@ class Writers:
     def write_hparams(self, config: dict[str, Any]) -> None:
         for w in self.writers:
             w.write_hparams(config)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        for w in self.writers:
+            if hasattr(w, "write_summary"):
+                w.write_summary(summary)
+
+    def write_images(self, step: int, images: dict[str, str]) -> None:
+        for w in self.writers:
+            if hasattr(w, "write_images"):
+                w.write_images(step, images)
 
     def close(self) -> None:
         for w in self.writers:

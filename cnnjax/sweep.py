@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from cnnjax import config as config_lib
-from cnnjax import files, train
+from cnnjax import files, training
 from cnnjax import overrides as overrides_lib
 from cnnjax.errors import WorkdirLocked
 from cnnjax.workdir import read_summary
@@ -165,7 +165,7 @@ def run(
 ) -> None:
     """Trains every unfinished point (or only point ``index``), then writes the results."""
     if train_fn is None:
-        train_fn = train.run
+        train_fn = training.run
     if index is not None and not 0 <= index < len(points):
         raise config_lib.ConfigError(
             f"--sweep_index={index} is out of range: the sweep has {len(points)} points "

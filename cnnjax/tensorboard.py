@@ -14,12 +14,15 @@ format is small and frozen; ``read_scalars`` reads it back, checking every check
 from __future__ import annotations
 
 import glob
+import json
 import os
 import socket
 import struct
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from flax.traverse_util import flatten_dict
 
 
 def _crc32c_table() -> list[int]:
@@ -83,6 +86,47 @@ def encode_event(
     return out
 
 
+# TensorBoard's HParams plugin (tensorboard/plugins/hparams/plugin_data.proto): a run's
+# hyperparameters are a summary value tagged `_hparams_/session_start_info` whose metadata
+# names the plugin and carries `HParamsPluginData{version=1: 0, session_start_info=3:
+# SessionStartInfo{hparams=1: map<string, google.protobuf.Value>, start_time_secs=5}}`; the
+# end of the run is `session_end_info=4: SessionEndInfo{status=1, end_time_secs=2}`. The
+# plugin infers the experiment (the hparams and the scalar metrics) from the runs.
+_SESSION_START, _SESSION_END = "_hparams_/session_start_info", "_hparams_/session_end_info"
+STATUS_SUCCESS = 1
+_NULL_TENSOR = _field(1, 0, _varint(1)) + _bytes_field(2, b"") + _bytes_field(5, struct.pack(
+    "<f", 0.0))  # TensorProto{dtype=DT_FLOAT, tensor_shape={}, float_val=[0]}, as TB writes
+
+
+def _protobuf_value(value: Any) -> bytes:
+    """A ``google.protobuf.Value``: number, string or bool (anything else as its JSON)."""
+    if isinstance(value, bool):
+        return _field(4, 0, _varint(int(value)))
+    if isinstance(value, (int, float)):
+        return _field(2, 1, struct.pack("<d", float(value)))
+    text = value if isinstance(value, str) else json.dumps(value)
+    return _bytes_field(3, text.encode())
+
+
+def _plugin_value(tag: str, plugin_data: bytes) -> bytes:
+    plugin = _bytes_field(1, b"hparams") + _bytes_field(2, plugin_data)
+    return _bytes_field(1, tag.encode()) + _bytes_field(9, _bytes_field(1, plugin)) + \
+        _bytes_field(8, _NULL_TENSOR)
+
+
+def encode_hparams(hparams: dict[str, Any], start_time: float) -> bytes:
+    """The ``Summary.Value`` of a run's hyperparameters (flat ``{name: value}``)."""
+    entries = b"".join(_bytes_field(1, _bytes_field(1, k.encode()) + _bytes_field(
+        2, _protobuf_value(v))) for k, v in hparams.items())
+    start = entries + _field(5, 1, struct.pack("<d", start_time))
+    return _plugin_value(_SESSION_START, _field(1, 0, _varint(0)) + _bytes_field(3, start))
+
+
+def encode_session_end(status: int, end_time: float) -> bytes:
+    end = _field(1, 0, _varint(status)) + _field(2, 1, struct.pack("<d", end_time))
+    return _plugin_value(_SESSION_END, _field(1, 0, _varint(0)) + _bytes_field(4, end))
+
+
 def frame(data: bytes) -> bytes:
     """``data`` as one TFRecord."""
     length = struct.pack("<Q", len(data))
@@ -128,8 +172,22 @@ class EventWriter:
         self._file.write(frame(encode_event(int(record["step"]), time.time(), scalars)))
         self._file.flush()  # TensorBoard reads while the run goes on
 
+    def write_hparams(self, config: dict[str, Any]) -> None:
+        """The run's config as TensorBoard hyperparameters (``optimizer.learning_rate``, ...)."""
+        self._write_value(0, encode_hparams(flatten_dict(config, sep="."), time.time()))
+
+    def write_session_end(self, step: int) -> None:
+        self._write_value(step, encode_session_end(STATUS_SUCCESS, time.time()))
+
+    def _write_value(self, step: int, value: bytes) -> None:
+        event = _field(1, 1, struct.pack("<d", time.time())) + _field(2, 0, _varint(step)) + \
+            _bytes_field(5, _bytes_field(1, value))
+        self._file.write(frame(event))
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
+
 
 
 # ------------------------------------------------------------------------------ reading

@@ -17,11 +17,12 @@ The backbone's params and BatchNorm statistics stay as they were (it runs in inf
 no dropout, no stochastic depth); only `head/*` trains.
 """
 
+from cnnjax import configs
 from cnnjax.config import model_config
-from experiments.cifar10_linear_probe_resnet18 import get_config as resnet18_probe
 
 
 def get_config():
-    config = resnet18_probe()  # the same probe: a new head on frozen features, SGD, cosine
+    # the same probe: a new head on frozen features, SGD, cosine
+    config = configs.load("cifar10_linear_probe_resnet18")
     config.model = model_config("efficientnet_b0")
     return config

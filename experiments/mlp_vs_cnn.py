@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments import default  # noqa: E402
+from cnnjax import configs
 
 
 def get_config(model: str = "cnn"):
-    return default.get_config(model)
+    return configs.load(f"default:{model}")
 
 
 def main() -> None:
@@ -33,7 +30,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from cnnjax import train
+    from cnnjax import training
 
     rows = []
     for model in ("mlp", "cnn"):
@@ -41,7 +38,7 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             config = get_config(model)
             config.seed = seed
-            summary = train.run(config, os.path.join(args.workdir, f"{model}_seed{seed}"))
+            summary = training.run(config, os.path.join(args.workdir, f"{model}_seed{seed}"))
             accs.append(summary["eval_accuracy"])
             times.append(summary["train_time_s"])
             params = summary["num_params"]

@@ -29,7 +29,7 @@ def die():
 
 
 def install_kill(moment: str) -> None:
-    from cnnjax import checkpoint, data, metrics, train
+    from cnnjax import checkpoint, data, metrics, training
 
     kind, _, arg = moment.partition(":")
     n = int(arg) if arg else 0
@@ -64,7 +64,7 @@ def install_kill(moment: str) -> None:
                 die()
         wrap(checkpoint.Checkpointer, "save", after=after_save)
     elif kind == "eval":
-        wrap(train, "_eval", before=count_and_die)
+        wrap(training, "_eval", before=count_and_die)
     elif kind == "jsonl":
         original = metrics.JsonlWriter.write_scalars
 
@@ -86,7 +86,7 @@ def install_kill(moment: str) -> None:
         import jax
         import jax.numpy as jnp
 
-        make = train.steps.make_train_step
+        make = training.steps.make_train_step
 
         def make_poisoned(*a, **k):
             step_fn = make(*a, **k)
@@ -98,7 +98,7 @@ def install_kill(moment: str) -> None:
 
             return poisoned
 
-        train.steps.make_train_step = make_poisoned
+        training.steps.make_train_step = make_poisoned
     elif kind == "restore":
         wrap(checkpoint.Checkpointer, "restore", after=lambda *a, **k: die())
     else:
@@ -123,7 +123,7 @@ def main():
 
     logging.set_verbosity(logging.WARNING)  # as launch.py does: Orbax logs every save at INFO
 
-    from cnnjax import parallel, train
+    from cnnjax import parallel, training
 
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     from tests.helpers import tiny_config
@@ -137,11 +137,11 @@ def main():
     if args.kill:
         install_kill(args.kill)
     try:
-        train.run(config, args.workdir, stop_at_step=args.stop_at)
-    except train.Preempted as e:
+        training.run(config, args.workdir, stop_at_step=args.stop_at)
+    except training.Preempted as e:
         print(e, flush=True)
         sys.exit(75)
-    except train.NonFiniteError as e:
+    except training.NonFiniteError as e:
         print(f"error: {e}", flush=True)
         sys.exit(3)
 

@@ -67,7 +67,7 @@ def install(moment: str, signals: list[int]) -> None:
         # Sent from a thread once the import has begun: the main thread is inside it.
         sys.meta_path.insert(0, _OnImport("jax", fire))
         return
-    from cnnjax import checkpoint, evaluate, probe, steps, train
+    from cnnjax import checkpoint, evaluate, probe, steps, training
     from cnnjax.data import loader, sources
 
     if moment == "prepare":
@@ -88,12 +88,12 @@ def install(moment: str, signals: list[int]) -> None:
 
             return timed
 
-        train.steps.make_train_step = make_timed
+        training.steps.make_train_step = make_timed
     elif moment == "train":
         before(loader.InMemoryLoader, "batch", lambda self, step: step == 3 and fire())
     elif moment == "eval":
         calls = []
-        before(train, "_eval", lambda *a, **k: calls.append(1) or len(calls) == 1 and fire())
+        before(training, "_eval", lambda *a, **k: calls.append(1) or len(calls) == 1 and fire())
     elif moment == "save":
         # The signals arrive while the first checkpoint is written, and the commit that a
         # preemption waits for is slowed down, so that a second signal lands inside it.

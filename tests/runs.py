@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from cnnjax import train
+from cnnjax import training
 from tests.helpers import tiny_config
 
 _RUNS: dict[str, tuple[str, dict, str]] = {}
@@ -31,6 +31,6 @@ def _train(data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("runs") / "cnn")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        summary = train.run(tiny_config(data_dir), workdir)
+        summary = training.run(tiny_config(data_dir), workdir)
     assert os.path.isfile(os.path.join(workdir, "summary.json"))
     return workdir, summary, out.getvalue()

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnnjax import config as config_lib
-from cnnjax import models, train
+from cnnjax import models, training
 from cnnjax.config import model_config
 
 EXPERIMENTS = {  # name -> (model, training image shape, classes)
@@ -59,5 +59,5 @@ def test_experiment_runs_a_few_steps_on_mock_data(name, tmp_path, data_dir):
     if "plots" in config.train:  # a 1000-class confusion-matrix plot is not what's tested
         config.train.plots = False
     with tfds.testing.mock_data(num_examples=48):
-        summary = train.run(config, str(tmp_path / name))
+        summary = training.run(config, str(tmp_path / name))
     assert summary["step"] == 2 and 0.0 <= summary["eval_accuracy"] <= 1.0

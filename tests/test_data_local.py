@@ -179,7 +179,7 @@ def test_streaming_evaluation_in_a_worker_process(unique_npz):
 
 
 def test_images_the_model_cannot_take_stop_the_run_naming_shape_and_model(tmp_path):
-    from cnnjax import train
+    from cnnjax import training
     from tests.helpers import tiny_config
 
     path = str(tmp_path / "tiny.npz")
@@ -188,7 +188,7 @@ def test_images_the_model_cannot_take_stop_the_run_naming_shape_and_model(tmp_pa
     config.model = config_lib.model_config("lenet5")  # 5x5 VALID convolutions
     config.data.name = f"npz:{path}"
     with pytest.raises(ConfigError, match=r"model 'lenet5' cannot take the 3x3x1 images"):
-        train.run(config, str(tmp_path / "run"))
+        training.run(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 

@@ -103,7 +103,7 @@ def test_a_source_without_its_path_is_refused_when_opened():
 
 
 def test_a_run_trains_with_mixup_and_cutmix(tmp_path, data_dir):
-    from cnnjax import train
+    from cnnjax import training
     from tests.helpers import tiny_config
 
     config = tiny_config(data_dir, num_steps=4, eval_every_steps=4)
@@ -111,5 +111,5 @@ def test_a_run_trains_with_mixup_and_cutmix(tmp_path, data_dir):
     config.data.mixup_alpha, config.data.cutmix_alpha = 0.2, 1.0
     if "plots" in config.train:
         config.train.plots = False
-    summary = train.run(config, str(tmp_path / "run"))
+    summary = training.run(config, str(tmp_path / "run"))
     assert summary["step"] == 4 and summary["eval_loss"] > 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cnnjax import data, models, parallel, steps, train
+from cnnjax import data, models, parallel, steps, training
 from cnnjax.config import ConfigError, defaults, model_config
 from cnnjax.data import catalog
 
@@ -69,7 +69,7 @@ def test_memory_and_streaming_score_the_same(data_dir):
         state = steps.init_state(model, _sgd(), 0, memory.info.image_shape, mesh)
         stats = {"mean": memory.info.mean, "std": memory.info.std}
         eval_step = steps.make_eval_step(mesh, model=model, **stats)
-        scores = [train._eval(eval_step, state, d, 16, mesh) for d in (memory, streaming)]
+        scores = [training._eval(eval_step, state, d, 16, mesh) for d in (memory, streaming)]
     assert scores[0] == scores[1] and scores[0]["eval_loss"] > 0
 
 
@@ -136,13 +136,13 @@ def test_a_dataset_that_is_not_prepared_is_one_line_naming_the_fix(tmp_path, dat
     assert isinstance(e.value, ConfigError) and "\n" not in message
     assert "'cifar10'" in message and empty in message
     assert f"python -m cnnjax.data.prepare --name=cifar10 --data_dir={empty}" in message
-    # ... and train.run stops on it before writing the workdir
+    # ... and training.run stops on it before writing the workdir
     from tests.helpers import tiny_config
 
     config = tiny_config(empty)
     config.data.name = "cifar10"
     with pytest.raises(data.DataNotPreparedError):
-        train.run(config, str(tmp_path / "run"))
+        training.run(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
@@ -181,9 +181,9 @@ def test_a_streaming_run_resumed_mid_epoch_matches_an_uninterrupted_one(tmp_path
         config.train.plots = False
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     with tfds.testing.mock_data(num_examples=64):  # 4 steps per epoch: stop mid epoch 0
-        a = train.run(config, straight)
-        assert train.run(config, resumed, stop_at_step=3)["step"] == 3
-        b = train.run(config, resumed)
+        a = training.run(config, straight)
+        assert training.run(config, resumed, stop_at_step=3)["step"] == 3
+        b = training.run(config, resumed)
     assert a["eval_loss"] == b["eval_loss"] and a["eval_accuracy"] == b["eval_accuracy"]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import checkpoint, data, evaluate, models, parallel, steps, train
+from cnnjax import checkpoint, data, evaluate, models, parallel, steps, training
 from cnnjax.config import ConfigError, validate
 from tests.helpers import tiny_config
 
@@ -40,10 +40,10 @@ def test_the_average_is_the_one_numpy_computes_from_every_steps_weights(data_dir
 def test_a_run_with_an_average_resumes_bit_for_bit_and_evaluates_it(tmp_path, data_dir):
     config = tiny_config(data_dir, ema_decay=0.9, plots=False, best_metric="eval_ema_accuracy")
     straight = str(tmp_path / "straight")
-    summary = train.run(config, straight)
+    summary = training.run(config, straight)
     resumed = str(tmp_path / "resumed")
-    train.run(config, resumed, stop_at_step=7)
-    again = train.run(config, resumed)
+    training.run(config, resumed, stop_at_step=7)
+    again = training.run(config, resumed)
     same = lambda s: {k: v for k, v in s.items() if k != "workdir" and not k.endswith("_s")}
     assert same(again) == same(summary)
     a, _ = checkpoint.read_step(os.path.join(straight, "checkpoints"), 20)
@@ -62,14 +62,14 @@ def test_a_run_with_an_average_resumes_bit_for_bit_and_evaluates_it(tmp_path, da
 
 def test_turning_the_average_on_or_off_on_a_resume_keeps_the_checkpoint(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
-    train.run(tiny_config(data_dir, plots=False), workdir, stop_at_step=10)
+    training.run(tiny_config(data_dir, plots=False), workdir, stop_at_step=10)
     with_average = tiny_config(data_dir, plots=False, ema_decay=0.9)
-    summary = train.run(with_average, workdir, allow_config_change=True, stop_at_step=15)
+    summary = training.run(with_average, workdir, allow_config_change=True, stop_at_step=15)
     state, _ = checkpoint.read_step(os.path.join(workdir, "checkpoints"), 15)
     assert summary["step"] == 15 and state["ema"]  # resumed, not started again
     assert os.listdir(os.path.join(workdir, "checkpoints")) and not os.path.exists(
         os.path.join(workdir, "checkpoints_damaged"))
-    summary = train.run(tiny_config(data_dir, plots=False), workdir, allow_config_change=True)
+    summary = training.run(tiny_config(data_dir, plots=False), workdir, allow_config_change=True)
     assert summary["step"] == 20 and "eval_ema_accuracy" not in summary
     assert not os.path.exists(os.path.join(workdir, "checkpoints_damaged"))
     with pytest.raises(ConfigError, match="holds no average of the weights"):

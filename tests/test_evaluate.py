@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import checkpoint, evaluate, train
+from cnnjax import checkpoint, evaluate, training
 from cnnjax.config import ConfigError
 from cnnjax.data.builders.digits import load_split
 from cnnjax.metrics import read_jsonl
@@ -124,8 +124,8 @@ def test_an_interrupted_run_keeps_the_same_best_and_every_checkpoint(tiny_run, d
     straight, _, _ = tiny_run
     resumed = str(tmp_path / "resumed")
     config = tiny_config(data_dir)
-    train.run(config, resumed, stop_at_step=15)  # after the eval of step 10
-    train.run(config, resumed)
+    training.run(config, resumed, stop_at_step=15)  # after the eval of step 10
+    training.run(config, resumed)
     for name in ("best.json", "summary.json"):
         with open(os.path.join(straight, name)) as f, open(os.path.join(resumed, name)) as g:
             a, b = json.load(f), json.load(g)

@@ -81,11 +81,11 @@ def test_switching_the_model_by_name_brings_that_models_own_fields(tmp_path, dat
 
 
 def test_eval_mode_reads_a_checkpoint_written_on_another_device_count(tmp_path, data_dir):
-    from cnnjax import train
+    from cnnjax import training
     from tests.helpers import tiny_config
 
     workdir = str(tmp_path / "eight")
-    train.run(tiny_config(data_dir), workdir)  # 8 devices in this process
+    training.run(tiny_config(data_dir), workdir)  # 8 devices in this process
     result = launch("--mode=eval", f"--workdir={workdir}", data_dir=data_dir,
                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
     assert result.returncode == 0, result.stderr[-3000:]

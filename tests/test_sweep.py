@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from cnnjax import sweep, train
+from cnnjax import sweep, training
 from cnnjax.config import ConfigError, model_config
 from tests.helpers import tiny_config
 from tests.test_launch import launch
@@ -90,7 +90,7 @@ def test_a_sweep_resumes_skips_finished_points_and_tabulates(data_dir, tmp_path,
 
     def spy(cfg, workdir, **kwargs):
         trained.append((os.path.basename(workdir), kwargs.get("stop_at_step")))
-        return train.run(cfg, workdir, **kwargs)
+        return training.run(cfg, workdir, **kwargs)
 
     # An array task for point 1 that is interrupted at step 2 ...
     sweep.run(points, root, index=1, train_fn=spy, stop_at_step=2)

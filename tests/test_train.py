@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from cnnjax import checkpoint, train
+from cnnjax import checkpoint, training
 from cnnjax import workdir as workdir_lib
 from cnnjax.config import ConfigError
 from cnnjax.metrics import read_jsonl
@@ -30,11 +30,11 @@ def _metrics(workdir):
 def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, data_dir):
     config = tiny_config(data_dir, num_steps=24, checkpoint_every_steps=100)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train.run(config, straight)
+    training.run(config, straight)
     # 7 steps is mid-epoch (42 steps per epoch) and mid log window (every 5 steps).
-    first = train.run(config, resumed, stop_at_step=7)
+    first = training.run(config, resumed, stop_at_step=7)
     assert first["step"] == 7
-    train.run(config, resumed)
+    training.run(config, resumed)
 
     step_a, a = _final_state(straight)
     step_b, b = _final_state(resumed)
@@ -48,7 +48,7 @@ def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, dat
 
 def test_workdir_files_and_summary(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
-    summary = train.run(tiny_config(data_dir), workdir)
+    summary = training.run(tiny_config(data_dir), workdir)
     assert 0.0 <= summary["eval_accuracy"] <= 1.0 and summary["step"] == 20
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["train"]["num_steps"] == 20
@@ -64,10 +64,10 @@ def test_workdir_files_and_summary(tmp_path, data_dir):
 def test_relaunching_a_finished_run_reports_it_and_changes_nothing(tmp_path, data_dir, capsys):
     workdir = str(tmp_path / "run")
     config = tiny_config(data_dir)
-    first = train.run(config, workdir)
+    first = training.run(config, workdir)
     done = capsys.readouterr().out.strip().splitlines()[-1]
     before = snapshot(workdir)
-    assert train.run(config, workdir) == first
+    assert training.run(config, workdir) == first
     assert capsys.readouterr().out.splitlines() == [
         f"already finished at step 20 of 20 ({workdir}/summary.json); nothing to do", done]
     assert snapshot(workdir) == before
@@ -77,11 +77,11 @@ def test_a_damaged_summary_is_finished_again_from_the_last_checkpoint(tmp_path, 
                                                                       capsys):
     workdir = str(tmp_path / "run")
     config = tiny_config(data_dir, plots=False)
-    first = train.run(config, workdir)
+    first = training.run(config, workdir)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         f.write('{"step": 2')  # cut short
     capsys.readouterr()
-    again = train.run(config, workdir)
+    again = training.run(config, workdir)
     assert "resumed from" in capsys.readouterr().out
     assert {k: again[k] for k in ("step", "eval_accuracy", "eval_loss")} == {
         k: first[k] for k in ("step", "eval_accuracy", "eval_loss")}
@@ -90,12 +90,12 @@ def test_a_damaged_summary_is_finished_again_from_the_last_checkpoint(tmp_path, 
 
 def test_a_workdir_of_a_different_run_is_refused_untouched(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
-    train.run(tiny_config(data_dir), workdir)
+    training.run(tiny_config(data_dir), workdir)
     before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
     other = tiny_config(data_dir)
     other.optimizer.learning_rate = 0.01
     with pytest.raises(ConfigError, match=r"optimizer.learning_rate: 0.05 -> 0.01.*--workdir"):
-        train.run(other, workdir)
+        training.run(other, workdir)
     after = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
     assert before == after
 
@@ -104,7 +104,7 @@ def test_a_run_recorded_before_a_field_existed_resumes_as_that_fields_default(tm
                                                                              data_dir):
     workdir = str(tmp_path / "run")
     config = tiny_config(data_dir, num_steps=10, plots=False)
-    train.run(config, workdir, stop_at_step=5)
+    training.run(config, workdir, stop_at_step=5)
     path = os.path.join(workdir, "config.json")
     with open(path) as f:
         stored = json.load(f)
@@ -114,19 +114,19 @@ def test_a_run_recorded_before_a_field_existed_resumes_as_that_fields_default(tm
     del stored["model"]["pool"], stored["train"]["nan_policy"]
     with open(path, "w") as f:
         json.dump(stored, f)
-    summary = train.run(config, workdir)
+    summary = training.run(config, workdir)
     assert summary["step"] == 10
     # A missing field whose value now differs from its default is a change.
     del stored["optimizer"]["learning_rate"]  # 0.05 here, 0.1 by default
     with open(path, "w") as f:
         json.dump(stored, f)
     with pytest.raises(ConfigError, match=r"optimizer.learning_rate: 0.1 -> 0.05"):
-        train.run(config, workdir)
+        training.run(config, workdir)
 
 
 def test_indivisible_batch_fails_before_any_work(tmp_path, data_dir):
     config = tiny_config(data_dir)
     config.data.batch_size = 30  # 8 devices
     with pytest.raises(ConfigError, match="data.batch_size=30 is not divisible by the 8 devices"):
-        train.run(config, str(tmp_path / "run"))
+        training.run(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

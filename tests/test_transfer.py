@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from cnnjax import models, train, transfer
+from cnnjax import models, training, transfer
 from cnnjax.checkpoint import Checkpointer
 from cnnjax.models.pretrained import save_pretrained
 from tests.helpers import tiny_config
@@ -37,7 +37,7 @@ def test_a_checkpoint_with_another_head_size_loads_into_the_new_head():
 def test_frozen_backbone_keeps_params_and_batch_stats_bit_identical(tmp_path, data_dir):
     # "Pretrained" weights: a short digits run, saved the way converted weights are saved.
     source = tiny_config(data_dir, num_steps=10)
-    train.run(source, str(tmp_path / "source"))
+    training.run(source, str(tmp_path / "source"))
     state, _ = Checkpointer(str(tmp_path / "source" / "checkpoints"), 1).read()
     pretrained = str(tmp_path / "pretrained")
     save_pretrained({"params": state["params"], "batch_stats": state["batch_stats"]}, pretrained)
@@ -46,7 +46,7 @@ def test_frozen_backbone_keeps_params_and_batch_stats_bit_identical(tmp_path, da
     probe.init.checkpoint = pretrained
     probe.init.exclude = "^head/"  # a new head, as for a new task
     probe.optimizer.freeze_backbone = True
-    train.run(probe, str(tmp_path / "probe"))
+    training.run(probe, str(tmp_path / "probe"))
     after, _ = Checkpointer(str(tmp_path / "probe" / "checkpoints"), 1).read()
 
     before_p, after_p = flat(state["params"]), flat(after["params"])
@@ -62,7 +62,7 @@ def test_backbone_learning_rate_scale_slows_only_the_backbone(tmp_path, data_dir
         config = tiny_config(data_dir, num_steps=3)
         config.optimizer.backbone_lr_scale = scale
         workdir = str(tmp_path / f"s{scale}")
-        train.run(config, workdir)
+        training.run(config, workdir)
         state, _ = Checkpointer(os.path.join(workdir, "checkpoints"), 1).read()
         runs[scale] = flat(state["params"])
     # scale 0: backbone params never move from their (identical, same-seed) initialisation,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from cnnjax import models, probe, train, viz
+from cnnjax import models, probe, training, viz
 from cnnjax.config import model_config
 from tests.helpers import tiny_config
 from tests.runs import tiny_run  # noqa: F401 (a fixture)
@@ -64,7 +64,7 @@ def test_a_tiny_resnet_run_writes_every_picture(data_dir, tmp_path):
     config = tiny_config(data_dir, num_steps=2, eval_every_steps=0, log_every_steps=1)
     config.model = model_config("cifar_resnet20", depth=8)  # 3 stages of one block, 8x8 input
     workdir = str(tmp_path / "resnet")
-    train.run(config, workdir)
+    training.run(config, workdir)
     plots = os.path.join(workdir, "plots")
     _check_pngs(plots)
     assert np.load(os.path.join(plots, probe.INIT_KERNEL)).shape == (3, 3, 1, 16)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cnnjax import sweep, train
+from cnnjax import sweep, training
 from cnnjax.errors import ConfigError, WorkdirLocked
 from cnnjax.workdir import LOCK_FILE, WorkdirLock
 from tests.helpers import snapshot, tiny_config
@@ -80,7 +80,7 @@ def test_a_second_launch_on_a_busy_workdir_is_one_line_and_writes_nothing(
     config = get_config()
     config.train.num_steps, config.train.plots = 4, False
     workdir = tmp_path / "busy"
-    train.run(config, str(workdir), stop_at_step=2)
+    training.run(config, str(workdir), stop_at_step=2)
     proc = holder(workdir)
     before = snapshot(workdir)
     result = subprocess.run(

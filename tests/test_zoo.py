@@ -164,7 +164,7 @@ def test_the_convnext_fine_tuning_example_runs_from_converted_weights(tmp_path, 
     converted torchvision ConvNeXt-T: every layer but the head is transferred."""
     import tensorflow_datasets as tfds
 
-    from cnnjax import checkpoint, train
+    from cnnjax import checkpoint, training
     from cnnjax.models.pretrained import save_pretrained
     from experiments.cifar10_finetune_convnext_tiny import get_config
 
@@ -178,7 +178,7 @@ def test_the_convnext_fine_tuning_example_runs_from_converted_weights(tmp_path, 
     config.optimizer.learning_rate = 1e-9  # the weights barely move: compare them below
     config.train.update(num_steps=2, plots=False, log_every_steps=1)
     with tfds.testing.mock_data(num_examples=16):
-        summary = train.run(config, str(tmp_path / "run"))
+        summary = training.run(config, str(tmp_path / "run"))
     assert summary["step"] == 2 and "eval_ema_accuracy" in summary
     state, _ = checkpoint.read_step(str(tmp_path / "run" / "checkpoints"), 2)
     stem = reference.state_dict()["features.0.0.weight"].numpy().transpose(2, 3, 1, 0)
@@ -219,7 +219,7 @@ def test_the_efficientnet_probe_example_trains_the_head_alone(tmp_path, data_dir
     bit-identical, the head moves."""
     import tensorflow_datasets as tfds
 
-    from cnnjax import checkpoint, train
+    from cnnjax import checkpoint, training
     from cnnjax.models.pretrained import save_pretrained
     from experiments.cifar10_linear_probe_efficientnet_b0 import get_config
 
@@ -232,7 +232,7 @@ def test_the_efficientnet_probe_example_trains_the_head_alone(tmp_path, data_dir
                        loader="memory")
     config.train.update(num_steps=2, plots=False, log_every_steps=1)
     with tfds.testing.mock_data(num_examples=16):
-        summary = train.run(config, str(tmp_path / "run"))
+        summary = training.run(config, str(tmp_path / "run"))
     assert summary["step"] == 2
     state, _ = checkpoint.read_step(str(tmp_path / "run" / "checkpoints"), 2)
     for collection in ("params", "batch_stats"):

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import pkgutil
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -179,3 +181,38 @@ def _import_zoo() -> None:
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
+
+
+def field_help(name: str) -> dict[str, str]:
+    """What each configurable field of model ``name`` means: the ``Attributes:`` section of
+    its module's docstring (a module class's fields may be documented by a base class)."""
+    found: dict[str, str] = {}
+    for cls in reversed(_module_class(get_constructor(name)).__mro__):
+        found.update(_attributes(inspect.getdoc(cls) or ""))
+    return {k: found.get(k, "") for k in model_fields(name)}
+
+
+def _attributes(doc: str) -> dict[str, str]:
+    """``{field: text}`` from a Google-style ``Attributes:`` section (continuations joined)."""
+    out, key, indent = {}, None, None
+    lines = doc.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
+    if start is None:
+        return out
+    for line in lines[start + 1:]:
+        if not line.strip():
+            if key is not None:
+                continue
+            break
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        if depth < indent:
+            break
+        m = re.match(r"\s*(\w+(?:, \w+)*): (.*)", line)
+        if depth == indent and m:
+            key = m.group(1).split(", ")
+            out.update(dict.fromkeys(key, m.group(2).strip()))
+        elif key is not None:
+            for k in key:
+                out[k] += " " + line.strip()
+    return out

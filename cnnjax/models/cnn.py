@@ -82,6 +82,7 @@ class CNN(nn.Module):
       ops: ``"lax"`` (``nn.Conv``, :func:`max_pool` (``nn.max_pool``'s values and gradients,
         faster on CPU) / ``nn.avg_pool``) or ``"scratch"`` (:mod:`cnnjax.ops`); the parameter
         tree is the same either way.
+      dtype: computation dtype; parameters stay float32 and logits are returned as float32.
     """
 
     num_classes: int = 10

@@ -62,7 +62,14 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 class _Layers(nn.Module):
-    """Layer factories shared by the stem and the blocks."""
+    """Layer factories shared by the stem and the blocks.
+
+    Attributes:
+      bn_eps: BatchNorm's epsilon.
+      bn_momentum: BatchNorm's momentum in PyTorch's convention (the new batch's weight).
+      dtype: computation dtype; parameters stay float32 and logits are returned as float32.
+      axis_name: device axis BatchNorm averages batch statistics over in training.
+    """
 
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1  # PyTorch's convention: the weight of the new batch

@@ -20,6 +20,7 @@ class MLP(nn.Module):
       hidden: widths of the hidden layers.
       activation: name of a ``flax.linen`` activation (``relu``, ``gelu``, ``tanh``, ...).
       dropout: dropout rate after each hidden layer (0 disables it).
+      dtype: computation dtype; parameters stay float32 and logits are returned as float32.
     """
 
     num_classes: int = 10

@@ -134,7 +134,9 @@ class RegNet(_Layers):
       se_ratio: squeeze-and-excitation width as a share of a block's input (0: RegNetX;
         0.25: RegNetY).
       stem_width: the stem's channels.
-      dtype, axis_name, bn_eps, bn_momentum: as for EfficientNet.
+      dtype: computation dtype; parameters stay float32 and logits are returned as float32.
+      axis_name: device axis BatchNorm averages batch statistics over in training.
+      bn_eps, bn_momentum: BatchNorm's epsilon and PyTorch-convention momentum.
     """
 
     num_classes: int = 1000

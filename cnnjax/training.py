@@ -161,8 +161,13 @@ def run(
             if (summary := workdir_lib.finished_summary(config, workdir)) is not None:
                 return _report_finished(summary)
             job = setup(config, workdir, lock, start_time)
-            end = job.total_steps if stop_at_step is None else min(stop_at_step, job.total_steps)
-            return finish(job, end, train_loop(job, end))
+            try:
+                end = job.total_steps if stop_at_step is None else min(stop_at_step,
+                                                                        job.total_steps)
+                return finish(job, end, train_loop(job, end))
+            finally:  # after the summary and the plots, which the writers get too
+                if job.writer:
+                    job.writer.close()
 
 
 def _report_finished(summary: dict[str, Any]) -> dict[str, Any]:
@@ -251,8 +256,6 @@ class Job:
         self.ckpt.close()
         if self.best:
             self.best.close()
-        if self.writer:
-            self.writer.close()
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | None,
@@ -290,7 +293,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
         workdir_lib.write_config(config, workdir)
         lock.keep()  # from here on the workdir holds this run: no more bad-input clean-up
         writer = metrics_lib.Writers(t.writers, metrics_lib.RunInfo(
-            workdir, start_step, total_steps, spe, config.data.batch_size))
+            workdir, start_step, total_steps, spe, config.data.batch_size,
+            config_lib.to_dict(config)))
         writer.write_hparams(config_lib.to_dict(config))
         if t.plots and start_step == 0:  # the filters before training, for the plots
             probe.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
@@ -359,8 +363,11 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
     records = metrics_lib.read_jsonl(metrics_lib.metrics_path(job.workdir)) if job.writer else []
     last_eval = last_eval or metrics_lib.last_eval(records)  # a relaunch that only finishes
     if job.config.train.plots and end == job.total_steps:
-        probe.write_plots(os.path.join(job.workdir, "plots"), job.config,
-                          job.state.variables, job.data, job.mesh, end, records)
+        pngs = probe.write_plots(os.path.join(job.workdir, "plots"), job.config,
+                                 job.state.variables, job.data, job.mesh, end, records)
+        if job.writer:
+            job.writer.write_images(end, {os.path.splitext(os.path.basename(p))[0]: p
+                                          for p in pngs})
     summary = {
         "workdir": job.workdir, "step": end, "total_steps": job.total_steps,
         "wall_time_s": time.time() - job.start_time,
@@ -377,6 +384,7 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
         return summary
     if jax.process_index() == 0:  # marks the run finished (sweeps skip it)
         _write_summary(summary, job.workdir)
+        job.writer.write_summary(summary)
     _log(_done_line(summary))
     return summary
 

@@ -1,0 +1,3 @@
+from cnnjax.cli import main
+
+main()
