@@ -73,6 +73,14 @@ def load(workdir: str, checkpoint: str = "best", *, ema: bool = False):
     >>> run.predict(images).shape
     (2, 10)
     """
+    import logging
+
     from cnnjax import evaluate
 
-    return evaluate.load_run(workdir, str(checkpoint), ema)
+    absl = logging.getLogger("absl")  # Orbax warns that the directory it reads is read-only
+    level = absl.level
+    absl.setLevel(max(level, logging.ERROR))
+    try:
+        return evaluate.load_run(workdir, str(checkpoint), ema)
+    finally:
+        absl.setLevel(level)

@@ -20,7 +20,6 @@ checkpoint's progress JSON, so a resumed run compares against the best of the ru
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import shutil
 import time
@@ -72,21 +71,15 @@ def read_step(directory: str, step: int) -> tuple[Any, dict[str, Any]]:
     Read-only (a run still training there keeps its in-flight saves) and independent of the
     devices and processes that wrote it.
     """
-    absl_logger = logging.getLogger("absl")  # Orbax warns that a read-only directory is one
-    level = absl_logger.level
-    absl_logger.setLevel(max(level, logging.ERROR))
+    manager = ocp.CheckpointManager(
+        os.path.abspath(directory), item_handlers=_handlers(),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             save_interval_steps=0),
+    )
     try:
-        manager = ocp.CheckpointManager(
-            os.path.abspath(directory), item_handlers=_handlers(),
-            options=ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                                 save_interval_steps=0),
-        )
-        try:
-            return _read(manager, step)
-        finally:
-            manager.close()
+        return _read(manager, step)
     finally:
-        absl_logger.setLevel(level)
+        manager.close()
 
 
 class Checkpointer:

@@ -1,11 +1,12 @@
-"""A console progress bar for the epoch in progress, drawn only on a terminal.
+"""A progress bar for the epoch in progress, drawn on a terminal and in a notebook.
 
     epoch 3/30 [########------------] 17/42  loss 0.1234  acc 0.9650  85.0 step/s  2720 img/s
     ETA 0:00:12   (one line on the terminal)
 
-When the stream is not a terminal (a log file, a pipe, a batch job) the bar does nothing at
-all: no output, no device synchronisation, and the run prints its one line per log step as
-before. On a terminal those lines are printed above the bar.
+In a Jupyter notebook (an IPython kernel) the same text is drawn by ``tqdm.auto``: a widget
+where ipywidgets is installed, a line of text otherwise. When the stream is neither (a log
+file, a pipe, a batch job) the bar does nothing at all: no output, no device
+synchronisation, and the run prints its one line per log step as before.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import time
 from typing import Any, TextIO
 
 import jax
+
+
+def in_notebook() -> bool:
+    """Whether this process is an IPython kernel (Jupyter, JupyterLab, VS Code, Colab)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython and hasattr(ipython, "get_ipython") else None
+    return shell is not None and hasattr(shell, "kernel")
 
 
 class ProgressBar:
@@ -36,7 +44,9 @@ class ProgressBar:
         stream: TextIO | None = None, min_interval_s: float = 0.2,
     ):
         self.stream = stream or sys.stdout
-        self.active = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.notebook = stream is None and in_notebook()
+        self.active = self.notebook or bool(getattr(self.stream, "isatty", lambda: False)())
+        self._tqdm: Any = None  # the notebook's bar, one per epoch
         self.total_steps, self.spe, self.batch_size = total_steps, steps_per_epoch, batch_size
         self.num_epochs = -(-total_steps // steps_per_epoch)
         self.min_interval_s = min_interval_s
@@ -84,16 +94,7 @@ class ProgressBar:
         """The bar's text, at most ``columns - 1`` wide (the bar itself shrinks first)."""
         in_epoch = step - self._epoch * self.spe
         epoch_len = min(self.spe, self.total_steps - self._epoch * self.spe)
-        parts = [f"{in_epoch:>{len(str(epoch_len))}}/{epoch_len}"]
-        n = max(self._count, 1)
-        if "loss" in self._sums:
-            parts.append(f"loss {self._sums['loss'] / n:.4f}")
-        if "accuracy" in self._sums:
-            parts.append(f"acc {self._sums['accuracy'] / n:.4f}")
-        if self._rate > 0:
-            eta = datetime.timedelta(seconds=round((self.total_steps - step) / self._rate))
-            parts += [f"{self._rate:.1f} step/s", f"{self._rate * self.batch_size:.0f} img/s",
-                      f"ETA {eta}"]
+        parts = [f"{in_epoch:>{len(str(epoch_len))}}/{epoch_len}", *self._stats(step)]
         head = f"epoch {self._epoch + 1}/{self.num_epochs}"
         for sep in ("  ", " "):  # narrow terminals: tighter spacing, then a shorter bar
             tail = sep.join(parts)
@@ -105,11 +106,40 @@ class ProgressBar:
             head += f"{sep}[{'#' * filled}{'-' * (width - filled)}]"
         return f"{head}{sep}{tail}"[: columns - 1]
 
+    def _stats(self, step: int) -> list[str]:
+        """The epoch's running loss and accuracy, the speed and the time left."""
+        n, parts = max(self._count, 1), []
+        if "loss" in self._sums:
+            parts.append(f"loss {self._sums['loss'] / n:.4f}")
+        if "accuracy" in self._sums:
+            parts.append(f"acc {self._sums['accuracy'] / n:.4f}")
+        if self._rate > 0:
+            eta = datetime.timedelta(seconds=round((self.total_steps - step) / self._rate))
+            parts += [f"{self._rate:.1f} step/s", f"{self._rate * self.batch_size:.0f} img/s",
+                      f"ETA {eta}"]
+        return parts
+
     def _draw(self, step: int) -> None:
+        if self.notebook:
+            return self._draw_tqdm(step)
         columns = shutil.get_terminal_size((100, 20)).columns
         self.stream.write("\r\x1b[K" + self.line(step, columns))
         self.stream.flush()
         self._drawn = True
+
+    def _draw_tqdm(self, step: int) -> None:
+        from tqdm.auto import tqdm
+
+        epoch_len = min(self.spe, self.total_steps - self._epoch * self.spe)
+        desc = f"epoch {self._epoch + 1}/{self.num_epochs}"
+        if self._tqdm is None or self._tqdm.desc != desc:
+            if self._tqdm is not None:
+                self._tqdm.close()
+            self._tqdm = tqdm(total=epoch_len, desc=desc, leave=False, unit="step",
+                              file=self.stream)
+        self._tqdm.n = step - self._epoch * self.spe
+        self._tqdm.set_postfix_str("  ".join(self._stats(step)), refresh=False)
+        self._tqdm.refresh()
 
     def _clear(self) -> None:
         if self._drawn:
@@ -122,6 +152,9 @@ class ProgressBar:
         print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
         if self.active:
             self._clear()
             self.stream.flush()

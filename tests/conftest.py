@@ -22,6 +22,9 @@ for name, sub in (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
                   ("TORCH_HOME", ".cache/torch")):
     os.environ[name] = os.path.join(SUITE_HOME, sub)
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+# Except pip's download cache (tests/test_install.py installs the wheel into a fresh
+# virtualenv): the user's, so that packages already downloaded are not downloaded again.
+os.environ.setdefault("PIP_CACHE_DIR", os.path.join(USER_HOME, ".cache", "pip"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -24,9 +24,10 @@ def test_defaults_validate():
          "data.batch_size=12 is not divisible by the 8 devices; use a multiple of 8"),
         (lambda c: setattr(c.model, "name", "resnet9000"), "unknown model 'resnet9000'"),
         (lambda c: setattr(c.model, "featurez", (8,)), "model 'cnn' has no field 'featurez'"),
-        (lambda c: setattr(c.train, "writers", "jsonl,wandb"),
-         "unknown metric writer 'wandb' in train.writers; choose from: jsonl, tensorboard, "
-         "progress (or add your own to cnnjax.metrics.WRITERS in the config file)"),
+        (lambda c: setattr(c.train, "writers", "jsonl,comet"),
+         "unknown metric writer 'comet' in train.writers; choose from: jsonl, tensorboard, "
+         "progress, wandb, mlflow (or add your own to cnnjax.metrics.WRITERS in the config "
+         "file)"),
         (lambda c: setattr(c.train, "writers", "jsonl,progress,jsonl"), "names a writer twice"),
         (lambda c: setattr(c.train, "writers", "progress"),
          "train.writers='progress' leaves out 'jsonl'"),

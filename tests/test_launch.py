@@ -56,7 +56,7 @@ def test_default_experiment_reaches_the_accuracy_target_and_resumes(tmp_path, da
          "e.g. --config.data.batch_size=24"),
         (["--config=experiments/nope.py"],
          "error: config file 'experiments/nope.py' not found; "
-         "pass --config=experiments/<name>.py"),
+         "pass the path of a config file or the name of a packaged one"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_no_workdir(tmp_path, data_dir, args, message):
