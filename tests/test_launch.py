@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnjax import configs
 from tests.helpers import snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,8 @@ def test_default_experiment_reaches_the_accuracy_target_and_resumes(tmp_path, da
          "e.g. --config.data.batch_size=24"),
         (["--config=experiments/nope.py"],
          "error: config file 'experiments/nope.py' not found; "
-         "pass the path of a config file or the name of a packaged one"),
+         "pass the path of a config file or the name of a packaged one: "
+         + ", ".join(configs.names())),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_no_workdir(tmp_path, data_dir, args, message):
