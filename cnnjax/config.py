@@ -24,7 +24,7 @@ from cnnjax.errors import ConfigError
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
 
 OPTIMIZERS = tuple(optim.OPTIMIZERS)  # the tables in optim.py are the one place to add one
-LOADERS = ("auto", "memory", "streaming")
+LOADERS = ("auto", "memory", "streaming", "dali")
 SCHEDULES = tuple(optim.SCHEDULES)
 BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "eval_ema_accuracy",
                 "eval_ema_top5_accuracy", "eval_ema_loss", "")
@@ -49,9 +49,11 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "data.image_size": (0, "training/eval height = width; 0 = the dataset's "
                         "(cnnjax/data/catalog.py)"),
     "data.loader": ("auto", "memory (decoded into host memory once), streaming (Grain worker "
-                    "processes) or auto (memory when it fits under max_memory_mb)"),
+                    "processes), dali (NVIDIA DALI; pip install cnnjax[dali]) or auto "
+                    "(memory when it fits under max_memory_mb)"),
     "data.max_memory_mb": (4096, "the most host memory the in-memory loader may take"),
-    "data.workers": (4, "streaming: Grain worker processes (0 = in this process)"),
+    "data.workers": (4, "streaming: Grain worker processes (0 = in this process); dali: "
+                     "its CPU threads"),
     "data.skip_corrupt": (False, "folder: skip undecodable images with a warning instead of "
                           "stopping"),
     "optimizer.name": ("sgd", "the optimizer (cnnjax.optim.OPTIMIZERS)"),
@@ -344,6 +346,12 @@ def _check_writers(spec: str, config: dict[str, Any]) -> None:
 def _validate_data(data: dict[str, Any]) -> None:
     # A source's own checks (an npz path, say) come when it is opened: cnnjax.data.SOURCES.
     _require(bool(data["name"].strip()), "data.name must not be empty")
+    if data["loader"] == "dali":
+        from cnnjax.data import dali
+
+        if not dali.available():
+            raise ConfigError(f"data.loader=dali needs NVIDIA DALI, which is not installed; "
+                              f"{dali.EXTRA}, or use --config.data.loader=streaming")
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:

@@ -1,28 +1,48 @@
-"""experiments.benchmarks.loaders: both loaders measured on synthetic JPEGs, and the command."""
+"""experiments.benchmarks.loaders: ImageNet-shaped JPEGs, written once, through each loader."""
 
 import os
 import subprocess
 import sys
 
-from experiments.benchmarks import loaders
+import numpy as np
+from PIL import Image
+
+from experiments.benchmarks import jpeg_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_each_loader_gets_a_rate_and_the_streamed_images_decode(tmp_path):
-    results = loaders.measure(16, [0], batch_size=8, batches=2, n=32)
-    assert [label.split(",")[0] for label, _ in results] == ["memory", "streaming"]
-    assert all(rate > 0 for _, rate in results)
-    record = loaders.JpegRecords(loaders.synthetic_images(2, 16, 16))[1]
-    assert record["image"].shape == (16, 16, 3) and record["label"] == 1
+def test_the_jpegs_are_imagenet_shaped_and_written_once(tmp_path):
+    sizes = jpeg_dataset.imagenet_sizes(2000)
+    heights, widths = np.mean(sizes, axis=0)
+    assert 300 < heights < 400 and 350 < widths < 450  # ImageNet: about 400x350
+    stats = jpeg_dataset.write_folder(str(tmp_path), 20)
+    files = sorted((tmp_path / "train").glob("class*/*.jpg"))
+    assert len(files) == 20 and len(list((tmp_path / "test").glob("class*/*.jpg"))) == 10
+    with Image.open(files[3]) as im:
+        assert im.format == "JPEG" and im.mode == "RGB"
+    first = files[0].stat().st_mtime_ns
+    assert jpeg_dataset.write_folder(str(tmp_path), 20) == stats  # kept, not written again
+    assert files[0].stat().st_mtime_ns == first
+    # As a TFDS dataset: the JPEG bytes stored as they are, read back undecoded.
+    from cnnjax.data import sources
+
+    name = jpeg_dataset.write_tfds(str(tmp_path), str(tmp_path / "tfds"))
+    train = sources.open_tfds(name, str(tmp_path / "tfds")).train
+    record = train.encoded(5)
+    assert record["encoded"][:3] == b"\xff\xd8\xff" and 0 <= record["label"] < 10
+    assert {f.read_bytes() for f in files} >= {record["encoded"]}
 
 
-def test_the_command_prints_one_line_per_measurement():
+def test_the_command_prints_one_row_per_loader_and_worker_count(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmarks.loaders", "--sizes=16", "--workers=0",
-         "--batch_size=8", "--batches=2", "--images=32"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+        [sys.executable, "-m", "experiments.benchmarks.loaders", f"--dir={tmp_path}",
+         "--images=40", "--size=32", "--workers=1", "--batch_size=8", "--batches=2",
+         f"--json={tmp_path / 'r.json'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("host: ") and len(lines) == 3
-    assert all(line.rstrip().endswith("images/s") for line in lines[1:])
+    assert lines[0].startswith("host: ") and "40 training JPEGs" in lines[0]
+    rows = [line for line in lines[2:] if line.split()[0] in ("before", "streaming")]
+    assert len(rows) == 6  # 3 loaders x (one core, 1 worker)
+    assert all(line.endswith("x") for line in rows)

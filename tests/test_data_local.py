@@ -206,3 +206,49 @@ def test_every_process_resumes_streaming_from_the_position_process_0_saved(uniqu
             fresh = data.build(config, 1, process_index=process, process_count=2).train
             fresh.restore(5, saved)
             np.testing.assert_array_equal(fresh.batch(5)["labels"], expected)
+
+
+def test_streaming_reads_the_in_memory_order_and_its_batches_do_not_depend_on_workers(
+        unique_npz):
+    memory = data.build(data_config(unique_npz, "memory"), seed=4).train
+    loaders = [data.build(data_config(unique_npz, "streaming", workers=w), seed=4).train
+               for w in (0, 2)]
+    batches = [[loader.batch(step) for step in range(12)] for loader in loaders]  # 1.5 epochs
+    for step in range(12):
+        np.testing.assert_array_equal(loaders[0].indices(step), memory.indices(step))
+        for key in ("images", "labels"):
+            np.testing.assert_array_equal(batches[0][step][key], batches[1][step][key])
+
+
+def _jpeg_folder(root, n=24):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = (60 + 7 * (i % 5), 80 - 5 * (i % 4))  # mixed sizes: random-resized crops
+        folder = root / f"class{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        smooth = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize(
+            (w, h), Image.BICUBIC)
+        smooth.save(folder / f"{i}.jpg", quality=90)
+    return str(root)
+
+
+def test_jpeg_folders_stream_from_their_bytes_with_the_decoded_paths_crops(tmp_path):
+    from cnnjax.data.transforms import train_encoded
+
+    root = _jpeg_folder(tmp_path / "jpegs")
+    config = data_config(f"folder:{root}", "streaming", image_size=32, flip=True)
+    d = data.build(config, seed=3)
+    records = local.open_folder(root).train
+    assert records.encoded is not None
+    batch = d.train.batch(0)
+    assert batch["images"].shape == (8, 32, 32, 3)
+    again = data.build(config, seed=3).train.batch(0)
+    np.testing.assert_array_equal(batch["images"], again["images"])
+    framing = data.framing_for(local.open_folder(root), config)
+    assert framing.random_resized_crop and framing.shape == (32, 32, 3)
+    for i in range(len(records)):  # the same random draws: the same crop and flip
+        rng = lambda: np.random.default_rng([3, 0, i])  # noqa: E731
+        fast = train_encoded(framing, records.encoded(i)["encoded"], rng()).astype(float)
+        slow = framing.train(records[i]["image"], rng()).astype(float)
+        assert np.abs(fast - slow).mean() < 6, i
+        assert np.corrcoef(fast.ravel(), slow.ravel())[0, 1] > 0.97, i

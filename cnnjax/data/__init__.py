@@ -11,9 +11,10 @@ one-time preparation), ``digits`` (ships with scikit-learn, prepared on first us
 ``npz:/path/file.npz`` and ``folder:/path/dir`` (see ``local``).
 
 Loaders (``data.loader``): ``memory`` decodes both splits once into host arrays and reads
-batches that are a pure function of (seed, step); ``streaming`` reads them with Grain worker
-processes (see ``streaming``); ``auto`` takes ``memory`` when the decoded splits fit under
-``data.max_memory_mb``.
+batches that are a pure function of (seed, step); ``streaming`` reads the same batches with
+Grain worker processes (see ``streaming``); ``dali`` decodes them with NVIDIA DALI, on the GPU
+where there is one (see ``dali``; an optional extra); ``auto`` takes ``memory`` when the
+decoded splits fit under ``data.max_memory_mb``.
 """
 
 from __future__ import annotations
@@ -249,10 +250,17 @@ def build(cfg, seed: int, process_index: int = 0, process_count: int = 1) -> Dat
     else:
         from cnnjax.data import streaming  # Grain, 1.3 s to import: only for this loader
 
-        loader = streaming.StreamingLoader(
-            source.train, framing, cfg.batch_size, seed, process_index, process_count,
-            cfg.workers,
-        )
+        if kind == "dali":
+            from cnnjax.data import dali
+
+            loader = dali.DaliLoader(source.train, framing, cfg.batch_size, seed,
+                                     process_index, process_count, threads=max(cfg.workers, 1),
+                                     device_id=dali.local_gpu())
+        else:
+            loader = streaming.StreamingLoader(
+                source.train, framing, cfg.batch_size, seed, process_index, process_count,
+                cfg.workers,
+            )
         evals = lambda batch_size: streaming.eval_batches(  # noqa: E731
             source.eval, framing, batch_size, process_index, process_count, cfg.workers
         )

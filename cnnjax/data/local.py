@@ -146,6 +146,13 @@ class FolderRecords:
         image = decode(path, self.mode)
         return {"image": image, "label": int(self.labels[index])}
 
+    def encoded(self, index: int) -> dict[str, Any]:
+        """The file's bytes, for a loader that decodes them itself (``{"encoded", "label",
+        "name"}``)."""
+        path = self.paths[index]
+        with open(path, "rb") as f:
+            return {"encoded": f.read(), "label": int(self.labels[index]), "name": path}
+
     def __repr__(self) -> str:
         return f"FolderRecords({self.name!r}, n={len(self)})"
 

@@ -90,11 +90,20 @@ class ArrayRecords:
 
 
 class TfdsRecords:
-    """A ``tfds.data_source`` split seen as ``Records``: its image and label features only."""
+    """A ``tfds.data_source`` split seen as ``Records``: its image and label features only.
 
-    def __init__(self, source: Any, name: str, split: str, image_key: str, label_key: str):
+    ``encoded`` (for image features stored encoded, ``tfds.features.Image``) reads a record's
+    image bytes undecoded, through a second data source with ``SkipDecoding``."""
+
+    def __init__(self, source: Any, name: str, split: str, image_key: str, label_key: str,
+                 data_dir: str | None = None):
+        """``data_dir``: where the split can be opened with its images undecoded (None: the
+        images are stored as arrays, or the source cannot skip decoding)."""
         self._source, self.name, self.split = source, name, split
         self._image_key, self._label_key = image_key, label_key
+        self._data_dir, self._encoded = data_dir, None
+        if data_dir is None:
+            self.encoded = None  # nothing to decode
 
     def __len__(self) -> int:
         return len(self._source)
@@ -105,6 +114,17 @@ class TfdsRecords:
         if image.ndim == 2:
             image = image[..., None]
         return {"image": image, "label": int(record[self._label_key])}
+
+    def encoded(self, index: int) -> dict[str, Any]:
+        if self._encoded is None:
+            self._encoded = _skip_decoding(self.name, self.split, self._data_dir,
+                                           self._image_key)
+        record = self._encoded[int(index)]
+        return {"encoded": record[self._image_key], "label": int(record[self._label_key]),
+                "name": f"{self.name}/{self.split}[{index}]"}
+
+    def __getstate__(self) -> dict[str, Any]:  # to a worker process: the sources reopen there
+        return {**self.__dict__, "_encoded": None}
 
     def __repr__(self) -> str:
         return f"TfdsRecords({self.name!r}, split={self.split!r})"
@@ -193,7 +213,9 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
                 f"tfds.data_source ({first}); it must be prepared as ArrayRecord: "
                 f"{prepare_command(name, data_dir)}"
             ) from None
-        return TfdsRecords(source, name, split, image_key, label_key)
+        encoded = _can_skip_decoding(tfds, name, split, data_dir, info, image_key)
+        return TfdsRecords(source, name, split, image_key, label_key,
+                           data_dir if encoded else None)
 
     train, evals = open_split(train_split), open_split(eval_split)
     channels = image_shape[-1] if image_shape and image_shape[-1] else 3
@@ -203,6 +225,26 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
         native_shape=image_shape if fixed else None,
         channels=int(channels), spec=spec, eval_split=eval_split,
     )
+
+
+def _skip_decoding(name: str, split: str, data_dir: str, image_key: str):
+    import tensorflow_datasets as tfds
+
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            decoders={image_key: tfds.decode.SkipDecoding()})
+
+
+def _can_skip_decoding(tfds, name: str, split: str, data_dir: str, info, image_key: str):
+    """Whether the split's images are stored encoded and can be read so (not with TFDS's
+    mock data, which encodes with TensorFlow)."""
+    if not isinstance(info.features[image_key], tfds.features.Image):
+        return False
+    try:
+        with _quiet():
+            first = _skip_decoding(name, split, data_dir, image_key)[0][image_key]
+    except Exception:  # noqa: BLE001 - then the decoded records serve
+        return False
+    return isinstance(first, bytes)
 
 
 @contextlib.contextmanager

@@ -1,22 +1,21 @@
 """The streaming loader: Grain reads, decodes and frames images in worker processes.
 
-Training: a ``grain.python.DataLoader`` over the training records with an ``IndexSampler``
-that gives each JAX process its own shard (``ShardOptions(process_index, process_count)``:
-disjoint, together the whole split) and shuffles it afresh every epoch from the run's seed.
-Each record is decoded (by TFDS, or PIL for image folders) and framed on the host
-(``Framing.train``: random-resized crop and flip where configured, resize to the training
-size), then ``data.workers`` processes build this process's batches, uint8 throughout:
-normalisation happens on device. Record ``i`` of the sampled sequence draws its randomness
-from ``Philox(seed + i)``, so batches do not depend on timing.
+Training batches are a pure function of (seed, step), as the in-memory loader's: epoch ``e``
+visits the examples in ``epoch_permutation(seed, e)`` (the same order as the in-memory
+loader), and step ``s`` takes its slice of that order. One Grain record is one process's
+slice of one global batch (``_TrainBatches``): its examples are read, decoded and framed
+together (``Framing.train``: random-resized crop and flip where configured, resize to the
+training size) by ``data.workers`` processes, each with a few threads, into one uint8 array:
+normalisation happens on device. Example ``i`` of epoch ``e`` draws its randomness from
+``default_rng([seed, e, i])``, so batches depend on neither timing nor the worker count.
 
-The data position is Grain's iterator state (JSON text), saved in the checkpoint by
-``state(step)`` and restored by ``restore``: a resumed run reads the identical next batch.
-The checkpoint holds process 0's position; every other process shifts it to its own shard.
-The batches a worker builds depend on the worker count, so a position restores only into a
-loader with the same ``data.workers``.
+Records that can give their encoded bytes (image folders, TFDS ``Image`` features) are framed
+by ``transforms.train_encoded``: the random crop is drawn from the JPEG header and the image
+decoded at the smallest DCT scale that covers it, then cropped and resized in one pass.
 
-An epoch is ``len(train) // global_batch_size`` steps; since each process's shard is read as
-one endless shuffled sequence, a batch may straddle two epochs (no example is dropped).
+The data position is the step: a resumed run rebuilds the batches from the step it resumes
+at, the identical next batch on every process, whatever the worker count. An epoch is
+``len(train) // global_batch_size`` steps; the incomplete last batch is dropped.
 
 Evaluation: ``eval_batches`` reads each of this process's slices of the global evaluation
 batches as one Grain record, framed by ``Framing.eval`` (as the in-memory loader does), so
@@ -25,9 +24,8 @@ every example is seen exactly once and the last batch is padded with ``mask`` 0.
 
 from __future__ import annotations
 
-import json
+import functools
 import math
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,12 +33,14 @@ import grain.python as grain
 import numpy as np
 from absl import flags
 
-from cnnjax.data.sources import Records
-from cnnjax.data.transforms import Framing
+from cnnjax.data.loader import epoch_permutation
+from cnnjax.data.sources import CorruptImageError, Records
+from cnnjax.data.transforms import Framing, train_encoded
 from cnnjax.errors import ConfigError
 
-# Records each worker reads ahead with its threads; decoding happens while reading.
-_READ_THREADS = 4
+# Batches each worker (or this process, without workers) builds at once, one per thread:
+# decoding and resizing release the GIL.
+_READ_THREADS = 2
 
 
 def _flags_parsed() -> None:
@@ -49,15 +49,57 @@ def _flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-class _TrainMap(grain.RandomMapTransform):
-    """Decoded record -> ``{"image": [h, w, c] uint8, "label": int32}`` with random framing."""
+@functools.lru_cache(maxsize=2)
+def _order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return epoch_permutation(seed, epoch, n)
 
-    def __init__(self, framing: Framing):
-        self.framing = framing
 
-    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        return {"image": self.framing.train(element["image"], rng),
-                "label": np.int32(element["label"])}
+class _TrainBatches:
+    """Record ``k``: this process's slice of global training batch ``first_step + k``."""
+
+    def __init__(self, records: Records, framing: Framing, global_batch_size: int, seed: int,
+                 process_index: int, process_count: int, first_step: int):
+        self.records, self.framing, self.seed = records, framing, seed
+        self.global_batch_size = global_batch_size
+        self.local = global_batch_size // process_count
+        self.offset = process_index * self.local
+        self.steps_per_epoch = len(records) // global_batch_size
+        self.first_step = first_step
+        self.encoded = (getattr(records, "encoded", None) if framing.random_resized_crop
+                        else None)
+
+    def __len__(self) -> int:
+        return 2**31 - 1 - self.first_step
+
+    def indices(self, step: int) -> tuple[int, np.ndarray]:
+        """(epoch, the dataset indices this process reads at ``step``)."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        start = i * self.global_batch_size + self.offset
+        return epoch, _order(self.seed, epoch, len(self.records))[start:start + self.local]
+
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+        epoch, index = self.indices(self.first_step + int(k))
+        images = np.empty((len(index), *self.framing.shape), np.uint8)
+        labels = np.empty(len(index), np.int32)
+        for j, i in enumerate(map(int, index)):
+            rng = np.random.default_rng([self.seed, epoch, i])
+            if self.encoded is not None:
+                record = self.encoded(i)
+                try:
+                    images[j] = train_encoded(self.framing, record["encoded"], rng)
+                except Exception as e:  # noqa: BLE001 - decoders raise many types
+                    raise CorruptImageError(
+                        f"corrupt image {record['name']}: {type(e).__name__}: {e}; remove or "
+                        "replace it") from None
+            else:
+                record = self.records[i]
+                images[j] = self.framing.train(record["image"], rng)
+            labels[j] = record["label"]
+        return {"images": images, "labels": labels}
+
+    def __repr__(self) -> str:
+        return (f"_TrainBatches({self.records!r}, batch={self.global_batch_size}, "
+                f"offset={self.offset}, from={self.first_step})")
 
 
 class StreamingLoader:
@@ -73,41 +115,39 @@ class StreamingLoader:
         process_count: int = 1,
         workers: int = 0,
     ):
-        shard_size = len(records) // process_count
         self.local_batch_size = global_batch_size // process_count
-        if self.local_batch_size > shard_size:
+        if global_batch_size > len(records):
             raise ConfigError(
                 f"data.batch_size={global_batch_size} is larger than the {len(records)} "
                 "training examples; pass a smaller --config.data.batch_size, or use more data"
             )
         self.steps_per_epoch = len(records) // global_batch_size
         self.workers = workers
-        self._shard = shard = grain.ShardOptions(process_index, process_count, drop_remainder=True)
-        self._sampler = sampler = grain.IndexSampler(
-            len(records), shard_options=shard, shuffle=True, num_epochs=None,
-            seed=seed % 2**31,
-        )
+        self._batches = functools.partial(_TrainBatches, records, framing, global_batch_size,
+                                          seed % 2**32, process_index, process_count)
         if workers:
             _flags_parsed()
-        batch = grain.Batch(self.local_batch_size, drop_remainder=True)
-        self._loader = grain.DataLoader(
-            data_source=records,
-            sampler=sampler,
-            operations=[_TrainMap(framing), batch],
-            worker_count=workers,
-            worker_buffer_size=2,
-            shard_options=shard,
-            read_options=grain.ReadOptions(
-                num_threads=_READ_THREADS, prefetch_buffer_size=2 * self.local_batch_size
-            ),
-        )
         self._iterator = None
         self._step = 0
 
     def _iter(self):
-        if self._iterator is None:
-            self._iterator = iter(self._loader)
+        if self._iterator is None:  # from the step the loader is at
+            source = self._batches(self._step)
+            self._iterator = iter(grain.DataLoader(
+                data_source=source,
+                sampler=grain.IndexSampler(len(source), shard_options=grain.NoSharding(),
+                                           shuffle=False, num_epochs=1),
+                worker_count=self.workers,
+                worker_buffer_size=1,
+                shard_options=grain.NoSharding(),
+                read_options=grain.ReadOptions(num_threads=_READ_THREADS,
+                                               prefetch_buffer_size=_READ_THREADS),
+            ))
         return self._iterator
+
+    def indices(self, step: int) -> np.ndarray:
+        """The dataset indices this process reads at global step ``step``."""
+        return self._batches(0).indices(step)[1]
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """``{"images": [b, h, w, c] uint8, "labels": [b] int32}``: this process's next batch."""
@@ -118,58 +158,24 @@ class StreamingLoader:
             )
         batch = next(self._iter())
         self._step += 1
-        return {"images": batch["image"], "labels": batch["label"]}
+        return batch
 
     def state(self, step: int) -> dict[str, Any]:
-        """The position after ``step`` batches: Grain's iterator state as JSON text."""
+        """The position after ``step`` batches (the step alone fixes it)."""
         if step != self._step:
             raise ValueError(f"state asked for step {step}; the loader is at step {self._step}")
-        return {
-            "step": step,
-            "workers": self.workers,
-            "grain": self._iter().get_state().decode(),
-        }
+        epoch, index = divmod(step, self.steps_per_epoch)
+        return {"loader": "streaming", "epoch": epoch, "index_in_epoch": index}
 
     def restore(self, step: int, state: dict[str, Any]) -> None:
-        """Continues from a position saved by ``state(step)``."""
-        if "grain" not in state:
+        """Continues from step ``step`` (of a position saved by ``state(step)``)."""
+        if state.get("loader") != "streaming":
             raise ConfigError(
                 f"the checkpoint at step {step} holds no streaming data position (it was "
-                "written by the in-memory loader); resume with --config.data.loader=memory"
-            )
-        if state["workers"] != self.workers:
-            raise ConfigError(
-                f"the checkpoint's data position was saved with data.workers={state['workers']} "
-                "(batches depend on the worker count); resume with "
-                f"--config.data.workers={state['workers']}"
-            )
-        grain_state = json.loads(state["grain"])
-        if grain_state.get("sampler") != repr(self._sampler):
-            grain_state = self._from_other_process(grain_state)
-        self._iterator = iter(self._loader)
-        self._iterator.set_state(json.dumps(grain_state).encode())
+                "written by the in-memory loader, or by an older cnnjax); resume with "
+                "--config.data.loader=memory, or start a new --workdir")
+        self._iterator = None
         self._step = step
-
-    def _from_other_process(self, grain_state: dict[str, Any]) -> dict[str, Any]:
-        """Process 0's position (the one the checkpoint holds) as this process's position.
-
-        Grain (state version 2) records, per worker, the last position read in the sampler's
-        sequence, where process ``p``'s records sit at ``p, p + P, p + 2P, ...``. Processes
-        read in lockstep, so this process's positions are process 0's shifted by the shard
-        difference.
-        """
-        saved = re.search(r"shard_index=(\d+)", grain_state.get("sampler", ""))
-        if grain_state.get("version") != 2 or saved is None:
-            raise ConfigError(
-                "the checkpoint's streaming position was written by another Grain version or "
-                "loader; resume with the same cnnjax and grain versions"
-            )
-        shift = self._shard.shard_index - int(saved.group(1))
-        grain_state = dict(grain_state, sampler=repr(self._sampler))
-        grain_state["last_seen_indices"] = {
-            k: v + shift for k, v in grain_state["last_seen_indices"].items()
-        }
-        return grain_state
 
 
 class _EvalBatchRecords:

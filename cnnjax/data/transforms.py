@@ -4,11 +4,19 @@ Both loaders frame evaluation images with the same ``Framing.eval``, so a model 
 same on either. Resizing is PIL's antialiased bilinear filter. Images are
 ``[height, width, channels] uint8`` throughout; 1, 3 and 4 channels go through PIL in one
 piece, other channel counts one channel at a time.
+
+``Framing.train_encoded`` frames a training image from its file's bytes: for a JPEG and a
+random-resized crop it reads the size from the header, draws the crop, and decodes with
+libjpeg-turbo's DCT scaling (``simplejpeg``) at the smallest scale that still covers the
+output size within the crop, then crops and resizes in one PIL pass. Same random draws as
+``train``, so the same crops and flips; the pixels differ from ``train``'s by the decoder's
+rounding and the filter's input scale, as any two JPEG decoders' do.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 
 import numpy as np
@@ -36,12 +44,19 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
                      for i in range(channels)], axis=-1)
 
 
+def central_crop_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
+    """``(top, left, side, side)`` of the central square whose side is ``fraction`` of the
+    shorter side (the whole image when ``fraction`` is 1 and it is not square)."""
+    if fraction >= 1.0:
+        return 0, 0, height, width
+    side = max(1, int(round(min(height, width) * fraction)))
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
 def central_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     """The central square whose side is ``fraction`` of the shorter side."""
-    h, w = image.shape[:2]
-    side = max(1, int(round(min(h, w) * fraction)))
-    top, left = (h - side) // 2, (w - side) // 2
-    return image[top : top + side, left : left + side]
+    top, left, h, w = central_crop_box(*image.shape[:2], fraction)
+    return image[top : top + h, left : left + w]
 
 
 def random_resized_crop_box(
@@ -111,6 +126,46 @@ class Framing:
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]
         return np.ascontiguousarray(image)
+
+
+def _is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def train_encoded(framing: Framing, data: bytes, rng: np.random.Generator) -> np.ndarray:
+    """``framing.train`` of the image encoded in ``data``, decoding no more than it needs."""
+    if not (framing.random_resized_crop and framing.channels in (1, 3) and _is_jpeg(data)):
+        return framing.train(decode_bytes(data, framing.channels), rng)
+    import simplejpeg
+
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    top, left, h, w = random_resized_crop_box(height, width, rng)
+    # DCT scaling by 1/2, 1/4 or 1/8 (libjpeg-turbo's fast ones; its M/8 scalings are slower
+    # than decoding in full) while the crop stays at least the output size.
+    scale = 1
+    while scale < 8 and h // (2 * scale) >= framing.height and w // (2 * scale) >= framing.width:
+        scale *= 2
+    colorspace = "GRAY" if framing.channels == 1 else "RGB"
+    decoded = simplejpeg.decode_jpeg(data, colorspace=colorspace, fastdct=True,
+                                     fastupsample=True) if scale == 1 else \
+        simplejpeg.decode_jpeg(data, colorspace=colorspace, fastdct=True, fastupsample=True,
+                               min_height=math.ceil(height / scale),
+                               min_width=math.ceil(width / scale))
+    fy, fx = decoded.shape[0] / height, decoded.shape[1] / width
+    box = (left * fx, top * fy, min((left + w) * fx, decoded.shape[1]),
+           min((top + h) * fy, decoded.shape[0]))
+    pil = Image.fromarray(decoded[..., 0] if framing.channels == 1 else decoded)
+    out = pil.resize((framing.width, framing.height), Image.BILINEAR, box=box)
+    if framing.flip and rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(out).reshape(framing.shape)
+
+
+def decode_bytes(data: bytes, channels: int) -> np.ndarray:
+    """An encoded image (any format PIL reads) as ``[h, w, channels] uint8``."""
+    with Image.open(io.BytesIO(data)) as im:
+        image = np.asarray(im.convert(_MODES.get(channels, "RGB")))
+    return image[..., None] if image.ndim == 2 else image
 
 
 def _channels(image: np.ndarray, channels: int) -> np.ndarray:

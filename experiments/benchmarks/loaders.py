@@ -1,118 +1,196 @@
-"""Loader throughput on synthetic data: images per second for each loader and worker count.
+"""ImageNet-shaped JPEGs, without a download, through every loader: images/s per host core,
+scaling with the worker count, and against the model's own images/s on this machine.
 
-    python -m experiments.benchmarks.loaders         # 32x32 and 224x224, 1 and 2 workers
-    python -m experiments.benchmarks.loaders --sizes=224 --workers=0,1,2,4,8 --batches=40
+    python -m experiments.benchmarks.loaders                         # 2048 JPEGs in a temp dir
+    python -m experiments.benchmarks.loaders --dir=/data/jpegs --images=20000 --workers=0,4,8,16
+    python -m experiments.benchmarks.loaders --model=resnet50 --json=loaders.json
 
-The in-memory loader gathers batches from uint8 arrays. The streaming loader reads JPEG files
-held in memory (encoded with PIL, quality 90, 1.25x the training size: the decoding work of a
-real dataset without its disk), decodes them with PIL in Grain workers, and frames them as it
-would the dataset (224: random-resized crop and flip, like ImageNet; 32: decode only, like
-CIFAR). Each measurement starts after a first batch (worker start-up excluded) and counts
-``--batches`` batches of ``--batch_size`` images. Nothing touches an accelerator: the numbers
-are what the host can feed.
+The images follow ImageNet's shape: sides drawn around 400x350 (long side log-normal about
+450 pixels, ImageNet's aspect ratios), photo-like content (smooth colour fields, edges and
+noise) saved by PIL at quality 90, about 110 KB each. They are written once as an image
+folder (``DIR/folder/{train,test}/<class>/*.jpg``) and as a TFDS dataset prepared as
+ArrayRecord (``DIR/tfds``, JPEG bytes in an ``Image`` feature), without TensorFlow.
+
+Each loader frames 224x224 training batches with random-resized crops and flips, as for
+ImageNet: ``before`` is the previous streaming path (Grain over decoded records, one element
+per example, ``Framing.train``); ``streaming`` is cnnjax's (one element per batch, decoded at
+reduced DCT scale where the crop allows); ``dali`` is ``cnnjax.data.dali`` where NVIDIA DALI
+is installed. The first row of each loader runs with the whole process pinned to one core;
+the others may use every core, and "per core" divides by their number.
+With ``--model``, the model's training step is timed on a synthetic batch and then fed by
+the streaming loader, so the end-to-end figure stands beside the one it should reach.
 """
 
 from __future__ import annotations
 
-import io
+import json
+import os
+import tempfile
 import time
 from typing import Any
 
-import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
-_SIZES = flags.DEFINE_list("sizes", ["32", "224"], "Training image sizes (square).")
-_WORKERS = flags.DEFINE_list("workers", ["1", "2"], "Grain worker counts for streaming.")
+from experiments.benchmarks.jpeg_dataset import CLASSES, write_folder, write_tfds
+
+_DIR = flags.DEFINE_string("dir", "", "Where the JPEGs are (written once); '' = a temp dir.")
+_IMAGES = flags.DEFINE_integer("images", 2048, "Training JPEGs (plus 10% for a test split).")
+_SIZE = flags.DEFINE_integer("size", 224, "Training image size (square).")
+_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Worker counts to measure.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-_BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed per measurement.")
-_IMAGES = flags.DEFINE_integer("images", 2048, "Distinct synthetic images.")
+_BATCHES = flags.DEFINE_integer("batches", 10, "Batches timed per measurement.")
+_MODEL = flags.DEFINE_string("model", "", "A model to time fed by the loader ('' = none).")
+_JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
+
+def before_loader(records, framing, batch_size: int, seed: int, workers: int):
+    """The previous streaming path, kept here as the baseline: Grain over decoded records
+    (decoding in its read threads), ``Framing.train`` per example, then ``grain.Batch``."""
+    import grain.python as grain
+
+    class TrainMap(grain.RandomMapTransform):
+        def random_map(self, element, rng):
+            return {"image": framing.train(element["image"], rng), "label": element["label"]}
+
+    loader = grain.DataLoader(
+        data_source=records,
+        sampler=grain.IndexSampler(len(records), shard_options=grain.NoSharding(),
+                                   shuffle=True, num_epochs=None, seed=seed),
+        operations=[TrainMap(), grain.Batch(batch_size, drop_remainder=True)],
+        worker_count=workers, worker_buffer_size=2, shard_options=grain.NoSharding(),
+        read_options=grain.ReadOptions(num_threads=4, prefetch_buffer_size=2 * batch_size))
+    iterator = iter(loader)
+
+    class Loader:
+        def batch(self, step):
+            b = next(iterator)
+            return {"images": b["image"], "labels": b["label"]}
+
+    return Loader()
 
 
-def synthetic_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """``[n, h, w, 3] uint8``: smooth random colour fields plus noise (photo-like JPEG sizes)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    out = np.empty((n, height, width, 3), np.uint8)
-    for i in range(n):
-        smooth = np.asarray(Image.fromarray(coarse[i]).resize((width, height), Image.BICUBIC))
-        noise = rng.normal(0, 12, smooth.shape)
-        out[i] = np.clip(smooth + noise, 0, 255).astype(np.uint8)
-    return out
-
-
-class JpegRecords:
-    """``Records`` of JPEG bytes held in memory, decoded with PIL on access."""
-
-    def __init__(self, images: np.ndarray, quality: int = 90):
-        from PIL import Image
-
-        self.encoded = []
-        for image in images:
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-            self.encoded.append(buffer.getvalue())
-
-    def __len__(self) -> int:
-        return len(self.encoded)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(self.encoded[index])) as im:
-            image = np.asarray(im.convert("RGB"))
-        return {"image": image, "label": int(index % 10)}
-
-    def __repr__(self) -> str:
-        return f"JpegRecords(n={len(self)})"
-
-
-def _rate(loader, batches: int) -> float:
-    loader.batch(0)  # start-up (workers, first reads) is not timed
+def rate(loader, batches: int) -> float:
+    """Images per second over ``batches`` batches, after a first one (start-up excluded)."""
+    n = len(loader.batch(0)["images"])
     start = time.perf_counter()
     for step in range(1, batches + 1):
-        images = loader.batch(step)["images"]
-    elapsed = time.perf_counter() - start
-    return batches * len(images) / elapsed
+        loader.batch(step)
+    return batches * n / (time.perf_counter() - start)
 
 
-def measure(size: int, workers: list[int], batch_size: int, batches: int,
-            n: int) -> list[tuple[str, float]]:
-    """``[(loader description, images per second)]`` at ``size`` x ``size``."""
-    from cnnjax.data.loader import InMemoryLoader
-    from cnnjax.data.streaming import StreamingLoader
+def _loaders(folder: str, data_dir: str, tfds_name: str, size: int, batch_size: int):
+    """``{name: make(workers)}`` for every loader."""
+    from cnnjax.data import local, sources, streaming
     from cnnjax.data.transforms import Framing
 
-    natural = size >= 64  # ImageNet-like framing for large images, CIFAR-like for small
-    source_size = int(round(size * 1.25)) if natural else size
-    images = synthetic_images(n, source_size, source_size)
-    labels = (np.arange(n) % 10).astype(np.int32)
-    framed = np.ascontiguousarray(images[:, :size, :size])  # decoded, at the training size
-    results = [("memory", _rate(InMemoryLoader(framed, labels, batch_size, 0), batches))]
-    records = JpegRecords(images)
-    framing = Framing(size, size, 3, crop_fraction=0.875 if natural else 1.0,
-                      random_resized_crop=natural, flip=True)
-    kb = np.mean([len(e) for e in records.encoded]) / 1024
-    for w in workers:
-        loader = StreamingLoader(records, framing, batch_size, 0, workers=w)
-        label = f"streaming, {w} worker{'s' if w != 1 else ''} (JPEG {source_size}px, {kb:.0f} KB)"
-        results.append((label, _rate(loader, batches)))
-        del loader
-    return results
+    framing = Framing(size, size, 3, crop_fraction=0.875, random_resized_crop=True, flip=True)
+    from_folder = local.open_folder(folder).train
+    from_tfds = sources.open_tfds(tfds_name, data_dir).train
+    makers = {
+        "before (folder)": lambda w: before_loader(from_folder, framing, batch_size, 0, w),
+        "streaming (folder)": lambda w: streaming.StreamingLoader(
+            from_folder, framing, batch_size, 0, workers=w),
+        "streaming (tfds)": lambda w: streaming.StreamingLoader(
+            from_tfds, framing, batch_size, 0, workers=w),
+    }
+    try:
+        from cnnjax.data import dali
+
+        if dali.available():
+            makers["dali (folder)"] = lambda w: dali.DaliLoader(
+                os.path.join(folder, "train"), framing, batch_size, 0, threads=max(w, 1))
+    except ImportError:
+        pass
+    return makers
+
+
+def measure(folder: str, data_dir: str, tfds_name: str, *, size: int, batch_size: int,
+            batches: int, workers: list[int]) -> list[dict[str, Any]]:
+    """One row per (loader, worker count), and per loader a row pinned to one core."""
+    rows = []
+    all_cores = os.sched_getaffinity(0)
+    for name, make in _loaders(folder, data_dir, tfds_name, size, batch_size).items():
+        os.sched_setaffinity(0, {min(all_cores)})  # workers inherit it: one core in all
+        try:
+            one = rate(make(0), batches)
+        finally:
+            os.sched_setaffinity(0, all_cores)
+        rows.append({"loader": name, "workers": 0, "cores": 1, "images_per_s": one})
+        for w in workers:  # threads and workers may use every core
+            rows.append({"loader": name, "workers": w, "cores": len(all_cores),
+                         "images_per_s": rate(make(w), batches)})
+    return rows
+
+
+def end_to_end(model: str, folder: str, size: int, batch_size: int, workers: int,
+               steps: int) -> dict[str, float]:
+    """The model's training step on one synthetic batch, then fed by the streaming loader."""
+    import jax
+
+    from cnnjax import parallel
+    from cnnjax.data import local, streaming
+    from cnnjax.data.transforms import Framing
+    from experiments.benchmarks.benchmark import _train_step
+
+    mesh = parallel.make_mesh(jax.local_devices())
+    step, state, batch = _train_step(model, {}, batch_size, (size, size, 3), CLASSES,
+                                     "float32", mesh)
+    state, _ = step(state, batch)  # compiled
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(state)
+    synthetic = steps * batch_size / (time.perf_counter() - start)
+    framing = Framing(size, size, 3, crop_fraction=0.875, random_resized_crop=True, flip=True)
+    loader = streaming.StreamingLoader(local.open_folder(folder).train, framing, batch_size, 0,
+                                       workers=workers)
+    state, _ = step(state, parallel.global_batch(loader.batch(0), mesh))
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for i in range(1, steps + 1):
+        state, metrics = step(state, parallel.global_batch(loader.batch(i), mesh))
+    jax.block_until_ready(state)
+    fed = steps * batch_size / (time.perf_counter() - start)
+    return {"model": model, "synthetic_images_per_s": synthetic, "fed_images_per_s": fed,
+            "workers": workers, "ratio": fed / synthetic}
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    import os
-
-    print(f"host: {os.cpu_count()} CPUs; global batch {_BATCH.value}, "
-          f"{_BATCHES.value} batches per measurement")
-    for size in map(int, _SIZES.value):
-        for label, rate in measure(size, list(map(int, _WORKERS.value)), _BATCH.value,
-                                   _BATCHES.value, _IMAGES.value):
-            print(f"{size:>4}x{size:<4} {label:<52} {rate:>10,.0f} images/s", flush=True)
+    logging.set_verbosity(logging.ERROR)  # TFDS and Grain log at INFO
+    root = _DIR.value or tempfile.mkdtemp(prefix="cnnjax-jpegs-")
+    folder, data_dir = os.path.join(root, "folder"), os.path.join(root, "tfds")
+    t = time.perf_counter()
+    stats = write_folder(folder, _IMAGES.value)
+    tfds_name = write_tfds(folder, data_dir)
+    cores = len(os.sched_getaffinity(0))
+    print(f"host: {cores} cores; {stats['images']} training JPEGs, mean "
+          f"{stats['mean_width']:.0f}x{stats['mean_height']:.0f} px, {stats['mean_kb']:.0f} KB "
+          f"(in {root}, ready in {time.perf_counter() - t:.0f} s); {_SIZE.value}x{_SIZE.value} "
+          f"random-resized crops and flips, batch {_BATCH.value}", flush=True)
+    rows = measure(folder, data_dir, tfds_name, size=_SIZE.value, batch_size=_BATCH.value,
+                   batches=_BATCHES.value, workers=[int(w) for w in _WORKERS.value])
+    base = next(r["images_per_s"] for r in rows if r["loader"].startswith("before")
+                and r["cores"] == 1)
+    print(f"{'loader':<22} {'workers':>7} {'cores':>5} {'images/s':>10} {'per core':>9} "
+          f"{'per core vs before':>19}")
+    for r in rows:
+        per_core = r["images_per_s"] / r["cores"]
+        r["per_core"] = per_core
+        print(f"{r['loader']:<22} {r['workers']:>7} {r['cores']:>5} {r['images_per_s']:>10,.0f} "
+              f"{per_core:>9,.0f} {per_core / base:>18.2f}x", flush=True)
+    result: dict[str, Any] = {"data": stats, "rows": rows}
+    if _MODEL.value:
+        workers = max(int(w) for w in _WORKERS.value)
+        e2e = end_to_end(_MODEL.value, folder, _SIZE.value, _BATCH.value, workers, 3)
+        result["end_to_end"] = e2e
+        print(f"{_MODEL.value}: {e2e['synthetic_images_per_s']:,.1f} images/s on a synthetic "
+              f"batch, {e2e['fed_images_per_s']:,.1f} fed by streaming ({workers} workers): "
+              f"{e2e['ratio']:.2f}x", flush=True)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(result, f, indent=2)
     return 0
 
 
