@@ -5,9 +5,12 @@
 #   resnet50_trace.json.gz  that trace (Perfetto / chrome://tracing)
 #   resnet50_cached.json  a second launch that loads the step from the compilation cache
 #   resnet50_vs_torch.json  cnnjax vs torchvision eager and torch.compile, one process, alternating
+#   loaders.json          ImageNet-shaped JPEGs: every loader per core and with workers, and the
+#                         step fed end to end by the streaming and DALI loaders vs synthetic
 #   variants.jsonl        the same step under other XLA flags and batch sizes
 #   log.txt               everything printed
-# Usage: bash experiments/gpu_benchmark.sh [python]   (BENCH_VARIANTS=0 skips the variants)
+# Usage: bash experiments/gpu_benchmark.sh [python]   (BENCH_VARIANTS=0 skips the variants;
+# BENCH_JPEG_ARGS changes the JPEG step, e.g. fewer images; BENCH_JPEG=0 skips it)
 # On an NVIDIA H100 the issue's reference points are: Flax ImageNet example 5,815 images/s,
 # torchvision eager 3,972, torch.compile 5,670; the README lists what this script printed.
 set -u
@@ -42,8 +45,15 @@ echo "== 3. same process, alternating rounds: cnnjax vs torchvision eager and to
 timeout 300 "$PY" -m experiments.benchmarks.benchmark "${ARGS[@]}" --batch_size=$B --torch --rounds=3 \
   --steps=20 --no_loader --compilation_cache_dir="$CACHE" --json="$OUT/resnet50_vs_torch.json"
 
+if [ "${BENCH_JPEG:-1}" != 0 ]; then
+  echo "== 4. ImageNet-shaped JPEGs (written once under \$OUT/jpegs): every loader, then the step fed"
+  read -ra JPEG <<< "${BENCH_JPEG_ARGS:---images=20000 --workers=0,8,16 --batches=20 --model=resnet50}"
+  timeout 480 "$PY" -m experiments.benchmarks.loaders --dir="$OUT/jpegs" --batch_size=$B \
+    "${JPEG[@]}" --json="$OUT/loaders.json"
+fi
+
 [ "${BENCH_VARIANTS:-1}" = 0 ] && exit 0
-echo "== 4. variants (no torch, default XLA flags unless named)"
+echo "== 5. variants (no torch, default XLA flags unless named)"
 variant() {  # name, timeout, then benchmark flags
   local name=$1 limit=$2; shift 2
   echo "-- $name"

@@ -43,6 +43,8 @@ def test_the_command_prints_one_row_per_loader_and_worker_count(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("host: ") and "40 training JPEGs" in lines[0]
-    rows = [line for line in lines[2:] if line.split()[0] in ("before", "streaming")]
-    assert len(rows) == 6  # 3 loaders x (one core, 1 worker)
+    from cnnjax.data import dali
+
+    rows = [line for line in lines[2:] if line.split()[0] in ("before", "streaming", "dali")]
+    assert len(rows) == 2 * (3 + dali.available())  # loaders x (one core, 1 worker)
     assert all(line.endswith("x") for line in rows)

@@ -247,8 +247,8 @@ def test_jpeg_folders_stream_from_their_bytes_with_the_decoded_paths_crops(tmp_p
     framing = data.framing_for(local.open_folder(root), config)
     assert framing.random_resized_crop and framing.shape == (32, 32, 3)
     for i in range(len(records)):  # the same random draws: the same crop and flip
-        rng = lambda: np.random.default_rng([3, 0, i])  # noqa: E731
-        fast = train_encoded(framing, records.encoded(i)["encoded"], rng()).astype(float)
-        slow = framing.train(records[i]["image"], rng()).astype(float)
+        fast = train_encoded(framing, records.encoded(i)["encoded"],
+                             np.random.default_rng([3, 0, i])).astype(float)
+        slow = framing.train(records[i]["image"], np.random.default_rng([3, 0, i])).astype(float)
         assert np.abs(fast - slow).mean() < 6, i
         assert np.corrcoef(fast.ravel(), slow.ravel())[0, 1] > 0.97, i

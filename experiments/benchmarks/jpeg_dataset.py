@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -57,24 +58,30 @@ def synthetic_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarr
 
 def write_folder(root: str, n: int, seed: int = 0) -> dict[str, Any]:
     """``n`` training JPEGs (and ``n // 10``, at least one a class, test ones) in
-    ``root/{train,test}/<class>/``,
-    unless ``root`` already holds them; returns their mean size."""
+    ``root/{train,test}/<class>/``, unless ``root`` already holds them (image ``i`` is a pure
+    function of ``(seed, i)``; written by a thread per core); returns their mean size."""
     from PIL import Image
 
     marker = os.path.join(root, f"written_{n}.json")
     if os.path.exists(marker):
         return json.load(open(marker))
-    rng = np.random.default_rng(seed)
-    sizes, nbytes = imagenet_sizes(n + max(n // 10, CLASSES), seed), []
-    for i, (h, w) in enumerate(sizes):
-        split = "train" if i < n else "test"
-        folder = os.path.join(root, split, f"class{i % CLASSES}")
-        os.makedirs(folder, exist_ok=True)
+    sizes = imagenet_sizes(n + max(n // 10, CLASSES), seed)
+    for split in ("train", "test"):
+        for c in range(CLASSES):
+            os.makedirs(os.path.join(root, split, f"class{c}"), exist_ok=True)
+
+    def write(i: int) -> int:
+        h, w = sizes[i]
         buffer = io.BytesIO()
-        Image.fromarray(natural_image(h, w, rng)).save(buffer, format="JPEG", quality=QUALITY)
-        with open(os.path.join(folder, f"{i:07d}.jpg"), "wb") as f:
+        image = natural_image(h, w, np.random.default_rng([seed, i]))
+        Image.fromarray(image).save(buffer, format="JPEG", quality=QUALITY)
+        split = "train" if i < n else "test"
+        with open(os.path.join(root, split, f"class{i % CLASSES}", f"{i:07d}.jpg"), "wb") as f:
             f.write(buffer.getvalue())
-        nbytes.append(len(buffer.getvalue()))
+        return len(buffer.getvalue())
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        nbytes = list(pool.map(write, range(len(sizes))))
     stats = {"images": n, "mean_height": float(np.mean([h for h, _ in sizes])),
              "mean_width": float(np.mean([w for _, w in sizes])),
              "mean_kb": float(np.mean(nbytes)) / 1024}

@@ -40,6 +40,9 @@ _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Worker counts to measu
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 _BATCHES = flags.DEFINE_integer("batches", 10, "Batches timed per measurement.")
 _MODEL = flags.DEFINE_string("model", "", "A model to time fed by the loader ('' = none).")
+_STEPS = flags.DEFINE_integer("steps", 5, "--model: steps timed per feed.")
+_DTYPE = flags.DEFINE_string("dtype", "auto", "--model: computation dtype (auto: bfloat16 on "
+                             "GPU/TPU, float32 on CPU).")
 _JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
 
 def before_loader(records, framing, batch_size: int, seed: int, workers: int):
@@ -92,14 +95,11 @@ def _loaders(folder: str, data_dir: str, tfds_name: str, size: int, batch_size: 
         "streaming (tfds)": lambda w: streaming.StreamingLoader(
             from_tfds, framing, batch_size, 0, workers=w),
     }
-    try:
-        from cnnjax.data import dali
+    from cnnjax.data import dali
 
-        if dali.available():
-            makers["dali (folder)"] = lambda w: dali.DaliLoader(
-                os.path.join(folder, "train"), framing, batch_size, 0, threads=max(w, 1))
-    except ImportError:
-        pass
+    if dali.available():
+        makers["dali (folder)"] = lambda w: dali.DaliLoader(
+            from_folder, framing, batch_size, 0, threads=max(w, 1), device_id=dali.local_gpu())
     return makers
 
 
@@ -122,37 +122,49 @@ def measure(folder: str, data_dir: str, tfds_name: str, *, size: int, batch_size
 
 
 def end_to_end(model: str, folder: str, size: int, batch_size: int, workers: int,
-               steps: int) -> dict[str, float]:
-    """The model's training step on one synthetic batch, then fed by the streaming loader."""
+               steps: int, dtype: str = "auto") -> dict[str, Any]:
+    """The model's training step on one synthetic batch, then fed by the streaming loader
+    (and by DALI where it is installed), the batch put on the devices as training does."""
     import jax
 
     from cnnjax import parallel
     from cnnjax.data import local, streaming
     from cnnjax.data.transforms import Framing
-    from experiments.benchmarks.benchmark import _train_step
+    from experiments.benchmarks.benchmark import _train_step, resolve_dtype
 
     mesh = parallel.make_mesh(jax.local_devices())
-    step, state, batch = _train_step(model, {}, batch_size, (size, size, 3), CLASSES,
-                                     "float32", mesh)
-    state, _ = step(state, batch)  # compiled
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(state)
-    synthetic = steps * batch_size / (time.perf_counter() - start)
+    dtype = resolve_dtype(dtype, jax.local_devices()[0].platform)
+    step, state, batch = _train_step(model, {}, batch_size, (size, size, 3), CLASSES, dtype,
+                                     mesh)
+
+    def timed(next_batch) -> float:
+        nonlocal state
+        state, _ = step(state, next_batch(0))  # compiled, loader started
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        for i in range(1, steps + 1):
+            state, _ = step(state, next_batch(i))
+        jax.block_until_ready(state)
+        return steps * batch_size / (time.perf_counter() - start)
+
+    result: dict[str, Any] = {"model": model, "dtype": dtype, "workers": workers,
+                              "synthetic_images_per_s": timed(lambda i: batch)}
     framing = Framing(size, size, 3, crop_fraction=0.875, random_resized_crop=True, flip=True)
-    loader = streaming.StreamingLoader(local.open_folder(folder).train, framing, batch_size, 0,
-                                       workers=workers)
-    state, _ = step(state, parallel.global_batch(loader.batch(0), mesh))
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for i in range(1, steps + 1):
-        state, metrics = step(state, parallel.global_batch(loader.batch(i), mesh))
-    jax.block_until_ready(state)
-    fed = steps * batch_size / (time.perf_counter() - start)
-    return {"model": model, "synthetic_images_per_s": synthetic, "fed_images_per_s": fed,
-            "workers": workers, "ratio": fed / synthetic}
+    records = local.open_folder(folder).train
+    feeds = {"streaming": lambda: streaming.StreamingLoader(records, framing, batch_size, 0,
+                                                            workers=workers)}
+    from cnnjax.data import dali
+
+    if dali.available():
+        feeds["dali"] = lambda: dali.DaliLoader(records, framing, batch_size, 0,
+                                                threads=max(workers, 1),
+                                                device_id=dali.local_gpu())
+    for name, make in feeds.items():
+        loader = make()
+        fed = timed(lambda i, loader=loader: parallel.global_batch(loader.batch(i), mesh))
+        result[f"{name}_images_per_s"] = fed
+        result[f"{name}_vs_synthetic"] = fed / result["synthetic_images_per_s"]
+    return result
 
 
 def main(argv: list[str]) -> int:
@@ -183,11 +195,15 @@ def main(argv: list[str]) -> int:
     result: dict[str, Any] = {"data": stats, "rows": rows}
     if _MODEL.value:
         workers = max(int(w) for w in _WORKERS.value)
-        e2e = end_to_end(_MODEL.value, folder, _SIZE.value, _BATCH.value, workers, 3)
+        e2e = end_to_end(_MODEL.value, folder, _SIZE.value, _BATCH.value, workers,
+                         _STEPS.value, _DTYPE.value)
         result["end_to_end"] = e2e
-        print(f"{_MODEL.value}: {e2e['synthetic_images_per_s']:,.1f} images/s on a synthetic "
-              f"batch, {e2e['fed_images_per_s']:,.1f} fed by streaming ({workers} workers): "
-              f"{e2e['ratio']:.2f}x", flush=True)
+        fed = ", ".join(f"{e2e[f'{n}_images_per_s']:,.1f} fed by {n} "
+                        f"({e2e[f'{n}_vs_synthetic']:.2f}x)" for n in ("streaming", "dali")
+                        if f"{n}_images_per_s" in e2e)
+        print(f"{_MODEL.value} ({e2e['dtype']}, {workers} workers): "
+              f"{e2e['synthetic_images_per_s']:,.1f} images/s on a synthetic batch; {fed}",
+              flush=True)
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(result, f, indent=2)
