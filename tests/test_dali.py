@@ -49,7 +49,7 @@ def test_each_process_reads_its_slice_and_a_resume_reads_the_identical_next_batc
     resumed = dali.DaliLoader(records, framing, 16, 1)
     resumed.restore(3, saved)
     np.testing.assert_array_equal(resumed.batch(3)["images"], expected)
-    with pytest.raises(ConfigError, match="written with another loader"):
+    with pytest.raises(ConfigError, match="resume with --config.data.loader=streaming"):
         resumed.restore(3, {"loader": "streaming", "epoch": 1, "index_in_epoch": 0})
 
 

@@ -101,7 +101,7 @@ def test_streaming_refuses_a_position_it_cannot_continue(data_dir):
         loader = data.build(data_config("mnist", "streaming", data_dir), seed=0).train
         with pytest.raises(ConfigError, match="--config.data.loader=memory"):
             loader.restore(5, {"epoch": 1, "index_in_epoch": 0})
-        with pytest.raises(ConfigError, match="or by an older cnnjax"):  # Grain's own state
+        with pytest.raises(ConfigError, match="by an older cnnjax.s streaming loader"):
             loader.restore(5, {"step": 5, "workers": 2, "grain": "{}"})
 
 

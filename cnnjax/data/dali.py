@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.data.loader import epoch_permutation
+from cnnjax.data.loader import StepPosition
+from cnnjax.data.streaming import _TrainBatches
 from cnnjax.data.transforms import Framing, central_crop_box, random_resized_crop_box
 from cnnjax.errors import ConfigError
 
@@ -53,28 +54,18 @@ def check(records: Any) -> None:
 
 class _Samples:
     """DALI's per-sample callback: the file, label, crop window and flip of sample
-    ``idx_in_batch`` of batch ``iteration`` (counted from ``first_step``)."""
+    ``idx_in_batch`` of batch ``iteration`` (counted from ``first_step``), in the streaming
+    loader's order."""
 
-    def __init__(self, records, framing: Framing, global_batch_size: int, seed: int,
-                 process_index: int, process_count: int, first_step: int):
-        self.records, self.framing, self.seed = records, framing, seed
-        self.global_batch_size = global_batch_size
-        self.local = global_batch_size // process_count
-        self.offset = process_index * self.local
-        self.steps_per_epoch = len(records) // global_batch_size
-        self.first_step = first_step
-        self._order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
-
-    def index(self, step: int, j: int) -> tuple[int, int]:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if self._order[0] != epoch:
-            self._order = (epoch, epoch_permutation(self.seed, epoch, len(self.records)))
-        return epoch, int(self._order[1][i * self.global_batch_size + self.offset + j])
+    def __init__(self, order: _TrainBatches, first_step: int):
+        self.order, self.first_step = order, first_step
+        self.records, self.framing, self.seed = order.records, order.framing, order.seed
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         import simplejpeg
 
-        epoch, i = self.index(self.first_step + info.iteration, info.idx_in_batch)
+        epoch, index = self.order.indices(self.first_step + info.iteration)
+        i = int(index[info.idx_in_batch])
         record = self.records.encoded(i)
         data = record["encoded"]
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
@@ -89,11 +80,13 @@ class _Samples:
                 np.asarray(flip, np.int32))
 
 
-class DaliLoader:
+class DaliLoader(StepPosition):
     """Training batches decoded by DALI (see the module docstring); a ``TrainLoader``.
 
     ``device_id``: the GPU to decode on (None: the CPU, with ``threads`` threads).
     """
+
+    name = "dali"
 
     def __init__(self, records, framing: Framing, global_batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, threads: int = 2,
@@ -109,14 +102,15 @@ class DaliLoader:
         self.local_batch_size = global_batch_size // process_count
         self.steps_per_epoch = len(records) // global_batch_size
         self.threads, self.device_id = threads, device_id
+        self._order = _TrainBatches(records, framing, global_batch_size, self.seed,
+                                    process_index, process_count, 0)
         self._pipe = None
         self._step = 0
 
     def _pipeline(self):
         from nvidia.dali import fn, pipeline_def, types
 
-        samples = _Samples(self.records, self.framing, self.global_batch_size, self.seed,
-                           self.process_index, self.process_count, self._step)
+        samples = _Samples(self._order, self._step)
         gpu = self.device_id is not None
         f = self.framing
 
@@ -141,9 +135,7 @@ class DaliLoader:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """``{"images": [b, h, w, c] uint8, "labels": [b] int32}``: this process's batch."""
-        if step != self._step:
-            raise ValueError(f"the DALI loader reads batches in order: asked for step {step}, "
-                             f"next is {self._step} (restore a position to start elsewhere)")
+        self._check_next(step)
         if self._pipe is None:
             self._pipe = self._pipeline()
         images, labels = self._pipe.run()
@@ -155,20 +147,7 @@ class DaliLoader:
                 "labels": np.asarray(labels.as_array(), np.int32).reshape(-1)}
 
     def indices(self, step: int) -> np.ndarray:
-        samples = _Samples(self.records, self.framing, self.global_batch_size, self.seed,
-                           self.process_index, self.process_count, 0)
-        return np.asarray([samples.index(step, j)[1] for j in range(self.local_batch_size)])
+        return self._order.indices(step)[1]
 
-    def state(self, step: int) -> dict[str, Any]:
-        if step != self._step:
-            raise ValueError(f"state asked for step {step}; the loader is at step {self._step}")
-        epoch, index = divmod(step, self.steps_per_epoch)
-        return {"loader": "dali", "epoch": epoch, "index_in_epoch": index}
-
-    def restore(self, step: int, state: dict[str, Any]) -> None:
-        if state.get("loader") != "dali":
-            raise ConfigError(
-                f"the checkpoint at step {step} was written with another loader (its batches "
-                "differ); resume with the data.loader it was trained with")
+    def _reset(self) -> None:
         self._pipe = None
-        self._step = step

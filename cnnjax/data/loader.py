@@ -13,6 +13,7 @@ its devices, so processes see disjoint examples that together form the global ba
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,43 @@ from cnnjax.errors import ConfigError
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of epoch ``epoch``: a permutation of ``range(n)`` fixed by (seed, epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class StepPosition:
+    """The data position of a loader that reads its batches in order, each a pure function
+    of the step: ``state`` names the loader, ``restore`` moves it to a step (``_reset``)."""
+
+    name = ""
+    steps_per_epoch = 1
+    _step = 0
+
+    def _check_next(self, step: int) -> None:
+        if step != self._step:
+            raise ValueError(
+                f"the {self.name} loader reads batches in order: asked for step {step}, next "
+                f"is {self._step} (restore a saved position to start elsewhere)")
+
+    def state(self, step: int) -> dict[str, Any]:
+        """The position after ``step`` batches (the step alone fixes it)."""
+        if step != self._step:
+            raise ValueError(f"state asked for step {step}; the loader is at step {self._step}")
+        epoch, index = divmod(step, self.steps_per_epoch)
+        return {"loader": self.name, "epoch": epoch, "index_in_epoch": index}
+
+    def restore(self, step: int, state: dict[str, Any]) -> None:
+        """Continues from step ``step`` of a position saved by ``state(step)``."""
+        if state.get("loader") != self.name:
+            written = ("an older cnnjax's streaming loader" if "grain" in state else
+                       f"the {state.get('loader', 'memory')} loader")
+            hint = ("start a new --workdir" if "grain" in state else
+                    f"resume with --config.data.loader={state.get('loader', 'memory')}")
+            raise ConfigError(f"the checkpoint at step {step} holds no {self.name} data "
+                              f"position (it was written by {written}); {hint}")
+        self._reset()
+        self._step = step
+
+    def _reset(self) -> None:
+        raise NotImplementedError
 
 
 class InMemoryLoader:

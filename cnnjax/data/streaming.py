@@ -27,13 +27,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import grain.python as grain
 import numpy as np
 from absl import flags
 
-from cnnjax.data.loader import epoch_permutation
+from cnnjax.data.loader import StepPosition, epoch_permutation
 from cnnjax.data.sources import CorruptImageError, Records
 from cnnjax.data.transforms import Framing, train_encoded
 from cnnjax.errors import ConfigError
@@ -102,8 +101,10 @@ class _TrainBatches:
                 f"offset={self.offset}, from={self.first_step})")
 
 
-class StreamingLoader:
+class StreamingLoader(StepPosition):
     """Training batches read by Grain (see the module docstring); a ``TrainLoader``."""
+
+    name = "streaming"
 
     def __init__(
         self,
@@ -151,31 +152,13 @@ class StreamingLoader:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """``{"images": [b, h, w, c] uint8, "labels": [b] int32}``: this process's next batch."""
-        if step != self._step:
-            raise ValueError(
-                f"the streaming loader reads batches in order: asked for step {step}, next is "
-                f"{self._step} (restore a saved position to start elsewhere)"
-            )
+        self._check_next(step)
         batch = next(self._iter())
         self._step += 1
         return batch
 
-    def state(self, step: int) -> dict[str, Any]:
-        """The position after ``step`` batches (the step alone fixes it)."""
-        if step != self._step:
-            raise ValueError(f"state asked for step {step}; the loader is at step {self._step}")
-        epoch, index = divmod(step, self.steps_per_epoch)
-        return {"loader": "streaming", "epoch": epoch, "index_in_epoch": index}
-
-    def restore(self, step: int, state: dict[str, Any]) -> None:
-        """Continues from step ``step`` (of a position saved by ``state(step)``)."""
-        if state.get("loader") != "streaming":
-            raise ConfigError(
-                f"the checkpoint at step {step} holds no streaming data position (it was "
-                "written by the in-memory loader, or by an older cnnjax); resume with "
-                "--config.data.loader=memory, or start a new --workdir")
+    def _reset(self) -> None:
         self._iterator = None
-        self._step = step
 
 
 class _EvalBatchRecords:
