@@ -169,6 +169,11 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
 
 
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The config as a run records it in ``config.json`` (and ``--print_config`` shows it)."""
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():

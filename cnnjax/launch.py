@@ -7,7 +7,6 @@ launch.py``, ``python -m cnnjax``); it routes signals before anything here is im
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -131,7 +130,7 @@ def _print_config(config: ml_collections.ConfigDict, sections: list[str]) -> Non
 
     config_lib.validate(config)
     if not sections:
-        print(json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True))
+        print(config_lib.to_json(config))
         return
     for key in sections:
         print("\n".join(config_lib.describe(config, key)))

@@ -71,17 +71,18 @@ def _bytes_field(number: int, data: bytes) -> bytes:
 
 def encode_event(
     step: int, wall_time: float, scalars: dict[str, float] | None = None,
-    file_version: str | None = None,
+    file_version: str | None = None, values: bytes = b"",
 ) -> bytes:
-    """A serialized ``Event`` with ``scalars`` as ``simple_value`` summary values."""
+    """A serialized ``Event`` with ``scalars`` as ``simple_value`` summary values (and
+    ``values``, serialized ``Summary.Value`` fields, as they are)."""
     out = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
     if file_version is not None:
         out += _bytes_field(3, file_version.encode())
-    if scalars:
-        values = b"".join(
-            _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", v)))
-            for tag, v in scalars.items()
-        )
+    values += b"".join(
+        _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", v)))
+        for tag, v in (scalars or {}).items()
+    )
+    if values:
         out += _bytes_field(5, values)
     return out
 
@@ -180,9 +181,7 @@ class EventWriter:
         self._write_value(step, encode_session_end(STATUS_SUCCESS, time.time()))
 
     def _write_value(self, step: int, value: bytes) -> None:
-        event = _field(1, 1, struct.pack("<d", time.time())) + _field(2, 0, _varint(step)) + \
-            _bytes_field(5, _bytes_field(1, value))
-        self._file.write(frame(event))
+        self._file.write(frame(encode_event(step, time.time(), values=_bytes_field(1, value))))
         self._file.flush()
 
     def close(self) -> None:

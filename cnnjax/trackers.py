@@ -29,8 +29,8 @@ EXTRAS = {"wandb": ("wandb", "logging.wandb.project"),
 def configured(config: dict[str, Any]) -> list[str]:
     """The trackers that ``config`` (a plain dict) turns on."""
     logging = config.get("logging", {})
-    return [name for name, key in (("wandb", "project"), ("mlflow", "experiment"))
-            if logging.get(name, {}).get(key)]
+    return [name for name, (_, key) in EXTRAS.items()
+            if logging.get(name, {}).get(key.rsplit(".", 1)[-1])]
 
 
 def check_installed(names: list[str]) -> None:

@@ -223,8 +223,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Creates ``workdir`` and records the resolved config (atomically)."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        files.write_json(os.path.join(workdir, "config.json"), config_lib.to_dict(config),
-                         sort_keys=True)
+        files.write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     except OSError as e:
         raise ConfigError(
             f"workdir {workdir} is not writable ({e.strerror}); pass a writable --workdir"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.data.loader import StepPosition
+from cnnjax.data.loader import StepPosition, check_batch_size
 from cnnjax.data.streaming import _TrainBatches
 from cnnjax.data.transforms import Framing, central_crop_box, random_resized_crop_box
 from cnnjax.errors import ConfigError
@@ -92,10 +92,7 @@ class DaliLoader(StepPosition):
                  process_index: int = 0, process_count: int = 1, threads: int = 2,
                  device_id: int | None = None):
         check(records)
-        if global_batch_size > len(records):
-            raise ConfigError(
-                f"data.batch_size={global_batch_size} is larger than the {len(records)} "
-                "training examples; pass a smaller --config.data.batch_size, or use more data")
+        check_batch_size(global_batch_size, len(records))
         self.records, self.framing = records, framing
         self.global_batch_size, self.seed = global_batch_size, seed % 2**32
         self.process_index, self.process_count = process_index, process_count

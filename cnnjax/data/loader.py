@@ -25,6 +25,14 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def check_batch_size(global_batch_size: int, num_examples: int) -> None:
+    """Every step takes a full global batch: the training split must hold one."""
+    if global_batch_size > num_examples:
+        raise ConfigError(
+            f"data.batch_size={global_batch_size} is larger than the {num_examples} "
+            "training examples; pass a smaller --config.data.batch_size, or use more data")
+
+
 class StepPosition:
     """The data position of a loader that reads its batches in order, each a pure function
     of the step: ``state`` names the loader, ``restore`` moves it to a step (``_reset``)."""
@@ -74,11 +82,7 @@ class InMemoryLoader:
         process_index: int = 0,
         process_count: int = 1,
     ):
-        if global_batch_size > len(labels):
-            raise ConfigError(
-                f"data.batch_size={global_batch_size} is larger than the {len(labels)} "
-                "training examples; pass a smaller --config.data.batch_size, or use more data"
-            )
+        check_batch_size(global_batch_size, len(labels))
         self.images, self.labels = images, labels
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // process_count

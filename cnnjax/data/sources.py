@@ -194,7 +194,7 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
     eval_split = spec.eval_split or catalog.eval_split_from(list(info.splits.keys()))
     train_split = "train[:90%]" if eval_split == "train[90%:]" else "train"
 
-    def open_split(split: str) -> TfdsRecords:
+    def open_split(split: str, undecoded: bool) -> TfdsRecords:
         try:
             with _quiet():
                 source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -213,11 +213,12 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
                 f"tfds.data_source ({first}); it must be prepared as ArrayRecord: "
                 f"{prepare_command(name, data_dir)}"
             ) from None
-        encoded = _can_skip_decoding(tfds, name, split, data_dir, info, image_key)
+        encoded = undecoded and _can_skip_decoding(tfds, name, split, data_dir, info, image_key)
         return TfdsRecords(source, name, split, image_key, label_key,
                            data_dir if encoded else None)
 
-    train, evals = open_split(train_split), open_split(eval_split)
+    # Only training reads images undecoded (evaluation frames decoded records).
+    train, evals = open_split(train_split, True), open_split(eval_split, False)
     channels = image_shape[-1] if image_shape and image_shape[-1] else 3
     return Source(
         name=name, train=train, eval=evals,

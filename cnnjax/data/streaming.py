@@ -32,10 +32,9 @@ import grain.python as grain
 import numpy as np
 from absl import flags
 
-from cnnjax.data.loader import StepPosition, epoch_permutation
+from cnnjax.data.loader import StepPosition, check_batch_size, epoch_permutation
 from cnnjax.data.sources import CorruptImageError, Records
 from cnnjax.data.transforms import Framing, train_encoded
-from cnnjax.errors import ConfigError
 
 # Batches each worker (or this process, without workers) builds at once, one per thread:
 # decoding and resizing release the GIL.
@@ -117,11 +116,7 @@ class StreamingLoader(StepPosition):
         workers: int = 0,
     ):
         self.local_batch_size = global_batch_size // process_count
-        if global_batch_size > len(records):
-            raise ConfigError(
-                f"data.batch_size={global_batch_size} is larger than the {len(records)} "
-                "training examples; pass a smaller --config.data.batch_size, or use more data"
-            )
+        check_batch_size(global_batch_size, len(records))
         self.steps_per_epoch = len(records) // global_batch_size
         self.workers = workers
         self._batches = functools.partial(_TrainBatches, records, framing, global_batch_size,
