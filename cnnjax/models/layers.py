@@ -16,6 +16,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -174,3 +178,189 @@ def check_halvable(x: jax.Array, model: str, smallest: int) -> None:
     if min(x.shape[1:3]) < 2:
         raise ValueError(f"{model} halves a {x.shape[1]}x{x.shape[2]} map to nothing: it needs "
                          f"images of {smallest}x{smallest} or more")
+
+
+# --------------------------------------------------------------------------- convolutions
+#
+# XLA:CPU is far from the machine's speed on three kinds of convolution the zoo has (figures
+# in docs/performance.md, "Convolutions on CPU"): depthwise convolutions and their gradients;
+# the kernel gradient of a grouped convolution (many times its forward pass); and dense KxK
+# convolutions whose output is 2x2 or smaller (ResNet's last stage at 64x64 images), many
+# times slower than the same products as one matrix multiplication. :func:`conv_general_dilated`
+# computes those three kinds another way, with the same values and gradients (float rounding
+# aside), on CPU only; every other convolution, and every convolution on other platforms, is
+# ``lax``'s.
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+CONV_IMPLS = ("auto", "xla")  # a model's ``conv_impl``: the formulations below, or lax's only
+_conv_impl: contextvars.ContextVar[str] = contextvars.ContextVar("conv_impl", default="auto")
+
+# A stride-1 depthwise kernel gradient with this many (tap, output pixel) pairs or more is left
+# to XLA, whose own is the faster there (3x3 over 16x16 and up, 7x7 over 8x8 and up).
+_DEPTHWISE_XLA_DW_PRODUCTS = 9 * 16 * 16
+# Grouped kernel gradients with fewer input channels per group than this are computed as the
+# kernel gradient of the equivalent dense (block-diagonal) convolution; with more, per tap.
+_GROUPED_DENSE_DW_WIDTH = 8
+# Dense convolutions with this many output pixels or fewer are one matrix product over patches.
+_IM2COL_MAX_PIXELS = 4
+
+
+@contextlib.contextmanager
+def _conv_impl_scope(impl: str):
+    """Within this context, :func:`conv_general_dilated` computes with ``impl``:
+    ``"auto"`` (the faster formulations where measured faster) or ``"xla"`` (always lax's).
+    Read while tracing, so private: the switch is a model's ``conv_impl`` field, part of
+    whatever a jitted function closes over, and never a state a cached trace could miss."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {impl!r}")
+    token = _conv_impl.set(impl)
+    try:
+        yield
+    finally:
+        _conv_impl.reset(token)
+
+
+def uses_conv_impl(call):
+    """Decorates a model's ``__call__`` so that its convolutions follow ``self.conv_impl``."""
+
+    @functools.wraps(call)
+    def wrapped(self, *args, **kwargs):
+        with _conv_impl_scope(self.conv_impl):
+            return call(self, *args, **kwargs)
+
+    return wrapped
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+    """``lax.conv_general_dilated``, as ``nn.Conv(conv_general_dilated=...)`` calls it, with
+    depthwise, grouped and tiny-output convolutions computed faster on CPU (see above)."""
+
+    def plain(x, w):
+        return lax.conv_general_dilated(
+            x, w, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+
+    fast = None
+    if (_conv_impl.get() == "auto" and lhs.ndim == 4 and batch_group_count == 1
+            and preferred_element_type is None and lhs.dtype == rhs.dtype == jnp.float32
+            and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+        strides = tuple(window_strides)
+        pads = tuple(tuple(p) for p in (
+            lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+            if isinstance(padding, str) else padding))
+        fast = conv_formulation(lhs.shape, rhs.shape, strides, pads, feature_group_count)
+    if fast is None:
+        return plain(lhs, rhs)
+    return lax.platform_dependent(lhs, rhs, cpu=fast, default=plain)
+
+
+def conv_formulation(x_shape, w_shape, strides, pads, groups):
+    """The CPU formulation :func:`conv_general_dilated` uses for an NHWC/HWIO float32
+    convolution, as a function of ``(x, w)``; None where XLA's own is the faster."""
+    kh, kw, cg, cout = w_shape
+    cin = x_shape[3]
+    out_pixels = math.prod((x_shape[1 + i] + sum(pads[i]) - w_shape[i]) // strides[i] + 1
+                           for i in range(2))
+    if groups == cin and cg == 1 and cout == cin:
+        xla_dw = strides == (1, 1) and kh * kw * out_pixels >= _DEPTHWISE_XLA_DW_PRODUCTS
+        return partial(_depthwise, strides=strides, pads=pads, xla_dw=xla_dw)
+    if groups > 1:
+        return partial(_grouped, strides=strides, pads=pads, groups=groups)
+    if kh * kw > 1 and out_pixels <= _IM2COL_MAX_PIXELS:
+        return partial(_im2col, strides=strides, pads=pads)
+    return None
+
+
+def _lax_conv(x, w, strides, pads, groups=1):
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
+                                    feature_group_count=groups)
+
+
+def _taps(x, kernel, strides, pads):
+    """The ``kh * kw`` strided views of the zero-padded ``x`` that each kernel tap multiplies,
+    row-major: view ``(a, b)`` is ``x_padded[:, a + s_h * i, b + s_w * j, :]``."""
+    n, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    oh = (h + sum(pads[0]) - kernel[0]) // strides[0] + 1
+    ow = (w + sum(pads[1]) - kernel[1]) // strides[1] + 1
+    return [lax.slice(xp, (0, a, b, 0), (n, a + (oh - 1) * strides[0] + 1,
+                                         b + (ow - 1) * strides[1] + 1, c), (1, *strides, 1))
+            for a in range(kernel[0]) for b in range(kernel[1])]
+
+
+def _depthwise_taps(x, w, strides, pads):
+    """A depthwise convolution as ``kh * kw`` element-wise multiply-adds of shifted views:
+    XLA fuses them into one pass (XLA:CPU's own runs at ~1 GFLOP/s)."""
+    weights = w.reshape(-1, w.shape[-1])
+    out = None
+    for t, view in enumerate(_taps(x, w.shape[:2], strides, pads)):
+        term = view * weights[t]
+        out = term if out is None else out + term
+    return out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise(x, w, strides, pads, xla_dw):
+    return _depthwise_taps(x, w, strides, pads)
+
+
+def _depthwise_fwd(x, w, strides, pads, xla_dw):
+    return _depthwise_taps(x, w, strides, pads), (x, w)
+
+
+def _depthwise_bwd(strides, pads, xla_dw, residuals, g):
+    x, w = residuals
+    dx = jax.vjp(lambda a: _depthwise_taps(a, w, strides, pads), x)[1](g)[0]
+    if xla_dw:
+        dw = jax.vjp(lambda b: _lax_conv(x, b, strides, pads, x.shape[3]), w)[1](g)[0]
+    else:
+        dw = jax.vjp(lambda b: _depthwise_taps(x, b, strides, pads), w)[1](g)[0]
+    return dx, dw
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _grouped(x, w, strides, pads, groups):
+    return _lax_conv(x, w, strides, pads, groups)
+
+
+def _grouped_fwd(x, w, strides, pads, groups):
+    return _lax_conv(x, w, strides, pads, groups), (x, w)
+
+
+def _grouped_bwd(strides, pads, groups, residuals, g):
+    # XLA's forward pass and input gradient; the kernel gradient another way.
+    x, w = residuals
+    dx = jax.vjp(lambda a: _lax_conv(a, w, strides, pads, groups), x)[1](g)[0]
+    kh, kw, cg, cout = w.shape
+    co = cout // groups
+    if cg < _GROUPED_DENSE_DW_WIDTH:
+        # The kernel gradient of the dense convolution, whose block diagonal is this one's.
+        dense = jnp.zeros((kh, kw, cg * groups, cout), w.dtype)
+        full = jax.vjp(lambda b: _lax_conv(x, b, strides, pads), dense)[1](g)[0]
+        full = full.reshape(kh, kw, groups, cg, groups, co)
+        dw = jnp.diagonal(full, axis1=2, axis2=4)  # [kh, kw, cg, co, groups]
+        dw = dw.transpose(0, 1, 2, 4, 3).reshape(w.shape)
+    else:
+        # Per tap, one product per group over every output pixel: [cg, npix] @ [npix, co].
+        gg = g.reshape(*g.shape[:3], groups, co)
+        dw = jnp.stack([
+            jnp.einsum("nhwgc,nhwgo->cgo", v.reshape(*v.shape[:3], groups, cg), gg)
+            for v in _taps(x, (kh, kw), strides, pads)]).reshape(w.shape)
+    return dx, dw
+
+
+_grouped.defvjp(_grouped_fwd, _grouped_bwd)
+
+
+def _im2col(x, w, strides, pads):
+    """A dense convolution as one matrix product over its patches (tap-major channels, the
+    order of ``w.reshape(kh * kw * cin, cout)``)."""
+    patches = jnp.concatenate(_taps(x, w.shape[:2], strides, pads), axis=-1)
+    return jnp.dot(patches, w.reshape(-1, w.shape[-1]))
