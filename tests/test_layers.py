@@ -150,3 +150,128 @@ def test_resnets_materialize_conv_inputs_on_cpu_only_and_compute_the_same(name, 
 
     assert equalities(on, "cpu") > equalities(off, "cpu")
     assert equalities(on, "cuda") == equalities(off, "cuda")
+
+
+# ------------------------------------------------------------- conv_general_dilated
+
+def _conv_case(x_shape, k, cout, stride, groups, pad=None, seed=0):
+    kx, kw = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, x_shape)
+    w = jax.random.normal(kw, (k, k, x_shape[3] // groups, cout)) * 0.2
+    pad = k // 2 if pad is None else pad
+    return x, w, (stride, stride), ((pad, pad), (pad, pad))
+
+
+# (image shape, kernel, output channels, stride, groups, padding, the formulation chosen)
+CONV_CASES = [
+    ((2, 5, 5, 8), 3, 8, 1, 8, None, "_depthwise"),       # depthwise, taps' kernel gradient
+    ((2, 6, 7, 8), 5, 8, 2, 8, None, "_depthwise"),       # strided, odd sides
+    ((2, 16, 16, 4), 3, 4, 1, 4, None, "_depthwise"),     # XLA's kernel gradient
+    ((2, 9, 9, 6), 7, 6, 1, 6, 3, "_depthwise"),          # ConvNeXt's 7x7
+    ((2, 6, 6, 12), 3, 12, 1, 4, None, "_grouped"),       # 3 channels a group: dense gradient
+    ((2, 5, 5, 32), 3, 48, 2, 2, None, "_grouped"),       # 16 a group: per tap
+    ((2, 4, 4, 16), 3, 16, 1, 2, 0, "_grouped"),          # no padding
+    ((2, 2, 2, 6), 3, 5, 1, 1, None, "_im2col"),          # ResNet's last stage at 64x64
+    ((2, 4, 4, 6), 3, 5, 2, 1, None, "_im2col"),          # strided down to 2x2
+    ((2, 3, 3, 4), 3, 3, 1, 1, 0, "_im2col"),             # 1x1 output
+    ((2, 8, 8, 4), 3, 4, 1, 1, None, None),               # a plain conv stays XLA's
+    ((2, 2, 2, 6), 1, 5, 1, 1, None, None),               # 1x1 kernels too
+]
+
+
+@pytest.mark.parametrize("x_shape, k, cout, stride, groups, pad, chosen", CONV_CASES)
+def test_conv_formulations_equal_lax_in_values_and_gradients(x_shape, k, cout, stride, groups,
+                                                             pad, chosen):
+    x, w, strides, pads = _conv_case(x_shape, k, cout, stride, groups, pad)
+    fast = layers.conv_formulation(x.shape, w.shape, strides, pads, groups)
+    assert getattr(getattr(fast, "func", None), "__name__", None) == chosen
+
+    def ref(a, b):
+        return jax.lax.conv_general_dilated(a, b, strides, pads, dimension_numbers=(
+            "NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+    def ours(a, b):
+        return layers.conv_general_dilated(a, b, strides, pads, dimension_numbers=(
+            "NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+    y_ref, vjp_ref = jax.vjp(ref, x, w)
+    y = jax.jit(ours)(x, w)
+    g = jax.random.normal(jax.random.key(9), y_ref.shape)
+    dx, dw = jax.jit(lambda a, b, c: jax.vjp(ours, a, b)[1](c))(x, w, g)
+    dx_ref, dw_ref = vjp_ref(g)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=2e-5)
+    # Second order too (a Hessian-vector product differentiates the custom VJPs' rules).
+    hvp = jax.grad(lambda b: jnp.sum(jax.grad(lambda c: jnp.sum(ours(x, c) ** 2))(b) * w))(w)
+    hvp_ref = jax.grad(lambda b: jnp.sum(jax.grad(lambda c: jnp.sum(ref(x, c) ** 2))(b) * w))(w)
+    np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_formulations_run_on_cpu_only():
+    x, w, strides, pads = _conv_case((2, 4, 4, 8), 3, 8, 1, 8)
+
+    def f(a, b):
+        return layers.conv_general_dilated(a, b, strides, pads, dimension_numbers=(
+            "NHWC", "HWIO", "NHWC"), feature_group_count=8)
+
+    def lowered(platform):  # a new function each time: no trace is reused
+        return jax.jit(lambda a, b: f(a, b)).trace(x, w).lower(
+            lowering_platforms=(platform,)).as_text()
+
+    assert "convolution" not in lowered("cpu")  # the depthwise taps: multiply-adds only
+    assert "convolution" in lowered("cuda")
+    with layers._conv_impl_scope("xla"):
+        assert "convolution" in lowered("cpu")
+
+
+@pytest.mark.parametrize("dtype, padding, dilation", [
+    (jnp.bfloat16, ((1, 1), (1, 1)), 1),  # low precision keeps XLA's accumulation
+    (jnp.float32, "SAME", 1),             # string padding is resolved, then formulated
+    (jnp.float32, ((1, 1), (1, 1)), 2),   # dilated kernels are left to XLA
+])
+def test_conv_general_dilated_leaves_what_it_does_not_cover_to_lax(dtype, padding, dilation):
+    x, w, strides, _ = _conv_case((2, 2, 2, 6), 3, 4, 1, 1)
+    x, w = x.astype(dtype), w.astype(dtype)
+    args = dict(window_strides=strides, padding=padding, rhs_dilation=(dilation, dilation),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    text = jax.jit(lambda a, b: layers.conv_general_dilated(a, b, **args)).lower(x, w).as_text()
+    assert ("convolution" in text) == (dtype != jnp.float32 or dilation != 1)
+    np.testing.assert_allclose(
+        np.asarray(layers.conv_general_dilated(x, w, **args), np.float32),
+        np.asarray(jax.lax.conv_general_dilated(x, w, **args), np.float32), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "regnet_x_400mf", "resnet18"])
+def test_models_train_the_same_with_and_without_the_conv_formulations(name):
+    # 64x64: the last stages' maps are 2x2 (the tiny-output formulation), and BatchNorm's
+    # statistics are over more than two values (over fewer, rounding alone moves them).
+    x = jax.random.normal(jax.random.key(3), (4, 64, 64, 3))
+    auto = models.get_model(name, num_classes=5)
+    plain = models.get_model(name, num_classes=5, conv_impl="xla")
+    variables = auto.init(jax.random.key(4), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(plain.init(jax.random.key(4), x))
+
+    def grads(model):
+        def loss(params):
+            logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                    mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+            return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+    (_, logits), g = grads(auto)
+    (_, logits_ref), g_ref = grads(plain)
+    np.testing.assert_allclose(logits, logits_ref, rtol=1e-4, atol=1e-4)
+    # Per parameter, the difference's norm against the gradient's: BatchNorm over a few 1x1
+    # maps magnifies float rounding in single elements, not in a gradient as a whole (and the
+    # gradients that are zero in exact arithmetic are rounding alone).
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b) + 1e-5
+
+
+def test_conv_impl_is_checked_by_name():
+    with pytest.raises(ValueError, match="model.conv_impl of 'resnet18' must be 'auto' or 'xla'"):
+        models.check_fields("resnet18", {"conv_impl": "fast"})
+    with pytest.raises(ValueError, match="conv_impl must be one of auto, xla, got 'fast'"):
+        models.get_model("resnet18", num_classes=2, conv_impl="fast").init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

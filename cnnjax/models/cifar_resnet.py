@@ -22,8 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models import layers, register
-from cnnjax.models.resnet import conv_init, dense_bias_init, dense_kernel_init, pad
+from cnnjax.models import blocks, layers, register
 
 
 class _Layers:
@@ -34,23 +33,16 @@ class _Layers:
     materialize_on_cpu: bool
 
     def conv(self, features, kernel=3, strides=1, name=None):
-        conv = nn.Conv(
-            features, (kernel, kernel), strides=(strides, strides), padding=pad(kernel // 2),
-            use_bias=False, kernel_init=conv_init, dtype=self.dtype, param_dtype=jnp.float32,
-            name=name,
-        )
+        conv = blocks.conv(features, kernel, strides=strides, dtype=self.dtype, name=name)
         return (lambda x: conv(layers.in_memory(x))) if self.materialize_on_cpu else conv
 
     def norm(self, train, name=None):
-        return nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            axis_name=self.axis_name if train else None,
-            dtype=self.dtype, param_dtype=jnp.float32, name=name,
-        )
+        return blocks.batch_norm(train, axis_name=self.axis_name, dtype=self.dtype, name=name)
 
     def head(self, x, num_classes):
         return nn.Dense(
-            num_classes, kernel_init=dense_kernel_init, bias_init=dense_bias_init(x.shape[-1]),
+            num_classes, kernel_init=blocks.dense_kernel_init,
+            bias_init=blocks.dense_bias_init(x.shape[-1]),
             dtype=self.dtype, param_dtype=jnp.float32, name="head",
         )(x)
 
@@ -102,6 +94,9 @@ class CifarResNet(_Layers, nn.Module):
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
         (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
         CPU); a performance switch only, with no effect on other platforms.
+      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
+        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
+        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
@@ -110,6 +105,7 @@ class CifarResNet(_Layers, nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -118,6 +114,7 @@ class CifarResNet(_Layers, nn.Module):
                              f"110, ...), got {fields['depth']}")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         if (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {self.depth}")
@@ -184,6 +181,9 @@ class PreActResNet(_Layers, nn.Module):
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
         (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
         CPU); a performance switch only, with no effect on other platforms.
+      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
+        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
+        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
@@ -191,8 +191,10 @@ class PreActResNet(_Layers, nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
+    conv_impl: str = "auto"
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = self.conv(64, 3, name="conv1")(x)
@@ -231,6 +233,9 @@ class WideResNet(_Layers, nn.Module):
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
         (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
         CPU); a performance switch only, with no effect on other platforms.
+      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
+        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
+        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
@@ -240,6 +245,7 @@ class WideResNet(_Layers, nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -248,6 +254,7 @@ class WideResNet(_Layers, nn.Module):
                              f"...), got {fields['depth']}")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         if (self.depth - 4) % 6:
             raise ValueError(f"Wide ResNet depth must be 6n + 4, got {self.depth}")

@@ -25,7 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models import layers, register
+from cnnjax.models import blocks, layers, register
 
 # torchvision: trunc_normal_(std=0.02), whose default bounds (-2, 2) are absolute, a hundred
 # standard deviations out: a plain normal. Biases start at zero.
@@ -49,9 +49,8 @@ class Block(nn.Module):
     def __call__(self, x, train: bool = False):
         dense = functools.partial(nn.Dense, kernel_init=kernel_init, dtype=self.dtype,
                                   param_dtype=jnp.float32)
-        out = nn.Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
-                      kernel_init=kernel_init, dtype=self.dtype, param_dtype=jnp.float32,
-                      name="block_0")(x)
+        out = blocks.conv(self.dim, 7, groups=self.dim, use_bias=True, kernel_init=kernel_init,
+                          dtype=self.dtype, name="block_0")(x)
         out = _layer_norm("block_2", self.dtype)(out)
         out = dense(4 * self.dim, name="block_3")(out)
         out = nn.gelu(out, approximate=False)  # torch's nn.GELU(): the exact erf form
@@ -72,6 +71,9 @@ class ConvNeXt(nn.Module):
       stochastic_depth_prob: the last block's drop probability (torchvision's per model).
       layer_scale: initial value of every layer scale (1e-6).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
+      conv_impl: ``"auto"``: the depthwise 7x7 convolutions computed faster on CPU
+        (:func:`layers.conv_general_dilated`); ``"xla"``: every convolution ``lax``'s. A
+        performance switch only.
     """
 
     num_classes: int = 1000
@@ -81,6 +83,7 @@ class ConvNeXt(nn.Module):
     layer_scale: float = 1e-6
     dtype: Any = jnp.float32
     axis_name: str | None = None  # no BatchNorm: nothing is averaged over devices
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -93,6 +96,7 @@ class ConvNeXt(nn.Module):
                              f"{fields['stochastic_depth_prob']}")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         conv = functools.partial(nn.Conv, padding="VALID", kernel_init=kernel_init,
                                  dtype=self.dtype, param_dtype=jnp.float32)

@@ -22,11 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models import layers, register
-
-# torchvision: kaiming_normal_ (fan_in, gain sqrt(2)) for convolutions, PyTorch's default
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the classifier's weight, zero bias.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+from cnnjax.models import blocks, layers, register
 
 
 class _Layers(nn.Module):
@@ -36,16 +32,13 @@ class _Layers(nn.Module):
     axis_name: str | None = None
 
     def norm_relu(self, x, train, name):
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         axis_name=self.axis_name if train else None, dtype=self.dtype,
-                         param_dtype=jnp.float32, name=name)(x)
+        x = blocks.batch_norm(train, axis_name=self.axis_name, dtype=self.dtype, name=name)(x)
         return nn.relu(x)
 
     def conv(self, x, features, kernel, name, strides=1):
-        pad = kernel // 2
-        return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                       padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init,
-                       dtype=self.dtype, param_dtype=jnp.float32, name=name)(x)
+        # torchvision's kaiming_normal_ here keeps its default mode, fan_in.
+        return blocks.conv(features, kernel, strides=strides, kernel_init=blocks.conv_init_fan_in,
+                           dtype=self.dtype, name=name)(x)
 
 
 class DenseLayer(_Layers):
@@ -106,6 +99,9 @@ class DenseNet(_Layers):
       drop_rate: dropout after each layer (torchvision's 0; needs a ``"dropout"`` rng).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
+      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
+        (:func:`layers.conv_general_dilated`); ``"xla"``: every convolution ``lax``'s. A
+        performance switch only.
     """
 
     num_classes: int = 1000
@@ -114,6 +110,7 @@ class DenseNet(_Layers):
     num_init_features: int = 64
     bn_size: int = 4
     drop_rate: float = 0.0
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -130,6 +127,7 @@ class DenseNet(_Layers):
                              f"{fields['drop_rate']}")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         shared = {"dtype": self.dtype, "axis_name": self.axis_name}
         x = jnp.asarray(x, self.dtype)
@@ -149,7 +147,6 @@ class DenseNet(_Layers):
         x = nn.Dense(self.num_classes, kernel_init=layers.uniform(bound), dtype=self.dtype,
                      param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)
-
 
 
 for _name, _growth, _blocks, _init in (

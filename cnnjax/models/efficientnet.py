@@ -30,11 +30,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models import layers, register
-
-# torchvision: kaiming_normal_(mode="fan_out") for convolutions, Linear U(-1/sqrt(out),
-# 1/sqrt(out)), zero biases.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from cnnjax.models import blocks, layers, register
 
 # Stages: (fused, expand ratio, kernel, stride, input width, output width, blocks), per
 # layout: V1 (B0, scaled for B1..B7) and V2's S, M and L. "Fused" is V2's FusedMBConv.
@@ -54,66 +50,7 @@ LAYOUTS = {
 }
 
 
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """torchvision's ``_make_divisible``: the nearest multiple of ``divisor``, never more than
-    10% below ``value``."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
-
-
-class _Layers(nn.Module):
-    """Layer factories shared by the stem and the blocks.
-
-    Attributes:
-      bn_eps: BatchNorm's epsilon.
-      bn_momentum: BatchNorm's momentum in PyTorch's convention (the new batch's weight).
-      dtype: computation dtype; parameters stay float32 and logits are returned as float32.
-      axis_name: device axis BatchNorm averages batch statistics over in training.
-    """
-
-    bn_eps: float = 1e-5
-    bn_momentum: float = 0.1  # PyTorch's convention: the weight of the new batch
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
-
-    def conv_bn(self, x, features, kernel, train, name, strides=1, groups=1, act=nn.silu):
-        """torchvision's ``Conv2dNormActivation``: conv (``<name>_0``), BN (``<name>_1``),
-        then ``act`` (None: none)."""
-        pad = (kernel - 1) // 2
-        x = nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                    padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                    use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                    param_dtype=jnp.float32, name=f"{name}_0")(x)
-        x = self.norm(x, train, f"{name}_1")
-        return act(x) if act else x
-
-    def norm(self, x, train, name):
-        return nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum,
-                            epsilon=self.bn_eps, axis_name=self.axis_name if train else None,
-                            dtype=self.dtype, param_dtype=jnp.float32, name=name)(x)
-
-
-class SqueezeExcitation(nn.Module):
-    """torchvision.ops.SqueezeExcitation: global mean, 1x1 conv (``fc1``), ``act``, 1x1 conv
-    (``fc2``), ``gate`` on every channel (EfficientNet: SiLU and sigmoid; MobileNetV3: ReLU
-    and hard sigmoid)."""
-
-    squeeze: int
-    act: Any = nn.silu
-    gate: Any = nn.sigmoid
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        conv = functools.partial(nn.Conv, kernel_size=(1, 1), kernel_init=conv_init,
-                                 dtype=self.dtype, param_dtype=jnp.float32)
-        scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-        scale = self.act(conv(self.squeeze, name="fc1")(scale))
-        scale = self.gate(conv(x.shape[-1], name="fc2")(scale))
-        return x * scale
-
-
-class MBConv(_Layers):
+class MBConv(blocks.ConvNormAct):
     """Inverted residual block with squeeze-and-excitation; ``drop``: stochastic depth."""
 
     expand: int = 1
@@ -131,7 +68,7 @@ class MBConv(_Layers):
             k = 1
         out = self.conv_bn(out, width, self.kernel, train, f"block_{k}", strides=self.strides,
                            groups=width)
-        out = SqueezeExcitation(max(1, x.shape[-1] // 4), dtype=self.dtype,
+        out = blocks.SqueezeExcitation(max(1, x.shape[-1] // 4), dtype=self.dtype,
                                 name=f"block_{k + 1}")(out)
         out = self.conv_bn(out, self.features, 1, train, f"block_{k + 2}", act=None)
         if self.strides != 1 or x.shape[-1] != self.features:
@@ -158,7 +95,7 @@ class FusedMBConv(MBConv):
         return x + layers.stochastic_depth(self, out, self.drop, train)
 
 
-class EfficientNet(_Layers):
+class EfficientNet(blocks.ConvNormAct):
     """EfficientNet with torchvision's layout, rounding and initialisation.
 
     Attributes:
@@ -171,6 +108,9 @@ class EfficientNet(_Layers):
       bn_eps, bn_momentum: BatchNorm's epsilon and PyTorch-convention momentum.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
+      conv_impl: ``"auto"``: depthwise, grouped and tiny-output convolutions computed faster
+        on CPU (:func:`layers.conv_general_dilated`; the same parameters and function);
+        ``"xla"``: every convolution ``lax``'s.
     """
 
     num_classes: int = 1000
@@ -180,6 +120,7 @@ class EfficientNet(_Layers):
     last_channel: int = 0
     dropout: float = 0.2
     stochastic_depth_prob: float = 0.2
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -196,19 +137,20 @@ class EfficientNet(_Layers):
 
     def stages(self) -> list[tuple[bool, int, int, int, int, int]]:
         """(fused, expand, kernel, stride, output width, blocks) per stage, scaled."""
-        return [(f, e, k, s, make_divisible(out * self.width_mult),
+        return [(f, e, k, s, blocks.make_divisible(out * self.width_mult),
                  int(math.ceil(n * self.depth_mult)))
                 for f, e, k, s, _, out, n in LAYOUTS[self.layout]]
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
-        stem = make_divisible(LAYOUTS[self.layout][0][4] * self.width_mult)
+        stem = blocks.make_divisible(LAYOUTS[self.layout][0][4] * self.width_mult)
         x = self.conv_bn(x, stem, 3, train, "features_0", strides=2)
         stages = self.stages()
         total, done = sum(n for *_, n in stages), 0
-        for i, (fused, expand, kernel, stride, width, blocks) in enumerate(stages):
-            for j in range(blocks):
+        for i, (fused, expand, kernel, stride, width, count) in enumerate(stages):
+            for j in range(count):
                 x = (FusedMBConv if fused else MBConv)(
                     expand=expand, kernel=kernel, strides=stride if j == 0 else 1,
                     features=width, drop=self.stochastic_depth_prob * done / total,
@@ -223,7 +165,6 @@ class EfficientNet(_Layers):
         x = nn.Dense(self.num_classes, kernel_init=layers.uniform(bound), dtype=self.dtype,
                      param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)
-
 
 
 _TF_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}  # B5..B7: weights ported from TensorFlow

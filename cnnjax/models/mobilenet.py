@@ -22,8 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models import register
-from cnnjax.models.efficientnet import SqueezeExcitation, _Layers, conv_init, make_divisible
+from cnnjax.models import blocks, layers, register
 
 # torchvision initialises the Linear layers of both with N(0, 0.01), zero biases.
 dense_init = nn.initializers.normal(0.01)
@@ -58,39 +57,41 @@ def _check(fields: dict[str, Any], family: str) -> None:
         raise ValueError(f"model.dropout of {family} must be in [0, 1), got {fields['dropout']}")
 
 
-class MobileNetV2(_Layers):
+class MobileNetV2(blocks.ConvNormAct):
     """MobileNetV2 with torchvision's layout, rounding and initialisation.
 
     Attributes:
       num_classes: number of output logits.
       width_mult: every width scaled (the last one never below 1280).
       dropout: dropout rate before the head.
-      dtype, axis_name, bn_eps, bn_momentum: as for EfficientNet.
+      dtype, axis_name, bn_eps, bn_momentum, conv_impl: as for EfficientNet.
     """
 
     num_classes: int = 1000
     width_mult: float = 1.0
     dropout: float = 0.2
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
         _check(fields, "MobileNetV2")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
-        x = self.conv_bn(x, make_divisible(32 * self.width_mult), 3, train, "features_0",
+        x = self.conv_bn(x, blocks.make_divisible(32 * self.width_mult), 3, train, "features_0",
                          strides=2, act=nn.relu6)
         index = 1
         for t, c, n, s in V2_STAGES:
-            width = make_divisible(c * self.width_mult)
+            width = blocks.make_divisible(c * self.width_mult)
             for j in range(n):
                 x = InvertedResidualV2(expand=t, features=width, strides=s if j == 0 else 1,
                                        bn_eps=self.bn_eps, bn_momentum=self.bn_momentum,
                                        dtype=self.dtype, axis_name=self.axis_name,
                                        name=f"features_{index}")(x, train)
                 index += 1
-        x = self.conv_bn(x, make_divisible(1280 * max(1.0, self.width_mult)), 1, train,
+        x = self.conv_bn(x, blocks.make_divisible(1280 * max(1.0, self.width_mult)), 1, train,
                          f"features_{index}", act=nn.relu6)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout, deterministic=not train or not self.dropout)(x)
@@ -99,7 +100,7 @@ class MobileNetV2(_Layers):
         return x.astype(jnp.float32)
 
 
-class InvertedResidualV2(_Layers):
+class InvertedResidualV2(blocks.ConvNormAct):
     expand: int = 1
     features: int = 16
     strides: int = 1
@@ -113,14 +114,13 @@ class InvertedResidualV2(_Layers):
         out = self.conv_bn(out, width, 3, train, f"conv_{k}", strides=self.strides,
                            groups=width, act=nn.relu6)
         # The projection is a bare conv and BatchNorm: conv_<k+1>, conv_<k+2> in torchvision.
-        out = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=conv_init,
-                      dtype=self.dtype, param_dtype=jnp.float32, name=f"conv_{k + 1}")(out)
+        out = blocks.conv(self.features, 1, dtype=self.dtype, name=f"conv_{k + 1}")(out)
         out = self.norm(out, train, f"conv_{k + 2}")
         residual = self.strides == 1 and x.shape[-1] == self.features
         return x + out if residual else out
 
 
-class MobileNetV3(_Layers):
+class MobileNetV3(blocks.ConvNormAct):
     """MobileNetV3 with torchvision's layout, rounding, BatchNorm and initialisation.
 
     Attributes:
@@ -128,7 +128,7 @@ class MobileNetV3(_Layers):
       size: ``"large"`` or ``"small"`` (the paper's two tables).
       width_mult: every width scaled.
       dropout: dropout rate before the head.
-      dtype, axis_name, bn_eps, bn_momentum: as for EfficientNet.
+      dtype, axis_name, bn_eps, bn_momentum, conv_impl: as for EfficientNet.
     """
 
     num_classes: int = 1000
@@ -137,6 +137,7 @@ class MobileNetV3(_Layers):
     dropout: float = 0.2
     bn_eps: float = 1e-3
     bn_momentum: float = 0.01
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -146,18 +147,19 @@ class MobileNetV3(_Layers):
                              f"{fields['size']!r}")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
-        scaled = lambda c: make_divisible(c * self.width_mult)  # noqa: E731
-        blocks = V3_BLOCKS[self.size]
+        scaled = lambda c: blocks.make_divisible(c * self.width_mult)  # noqa: E731
+        table = V3_BLOCKS[self.size]
         x = jnp.asarray(x, self.dtype)
         x = self.conv_bn(x, scaled(16), 3, train, "features_0", strides=2, act=nn.hard_swish)
-        for i, (kernel, expanded, out, se, hs, stride) in enumerate(blocks):
+        for i, (kernel, expanded, out, se, hs, stride) in enumerate(table):
             x = InvertedResidualV3(kernel=kernel, expanded=scaled(expanded),
                                    features=scaled(out), se=se, hard_swish=hs, strides=stride,
                                    bn_eps=self.bn_eps, bn_momentum=self.bn_momentum,
                                    dtype=self.dtype, axis_name=self.axis_name,
                                    name=f"features_{i + 1}")(x, train)
-        x = self.conv_bn(x, 6 * x.shape[-1], 1, train, f"features_{len(blocks) + 1}",
+        x = self.conv_bn(x, 6 * x.shape[-1], 1, train, f"features_{len(table) + 1}",
                          act=nn.hard_swish)
         x = jnp.mean(x, axis=(1, 2))
         dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=self.dtype,
@@ -168,7 +170,7 @@ class MobileNetV3(_Layers):
         return x.astype(jnp.float32)
 
 
-class InvertedResidualV3(_Layers):
+class InvertedResidualV3(blocks.ConvNormAct):
     kernel: int = 3
     expanded: int = 16
     features: int = 16
@@ -187,9 +189,9 @@ class InvertedResidualV3(_Layers):
                            strides=self.strides, groups=self.expanded, act=act)
         if self.se:
             k += 1
-            out = SqueezeExcitation(make_divisible(self.expanded // 4), act=nn.relu,
-                                    gate=nn.hard_sigmoid, dtype=self.dtype,
-                                    name=f"block_{k}")(out)
+            out = blocks.SqueezeExcitation(blocks.make_divisible(self.expanded // 4), act=nn.relu,
+                                           gate=nn.hard_sigmoid, dtype=self.dtype,
+                                           name=f"block_{k}")(out)
         out = self.conv_bn(out, self.features, 1, train, f"block_{k + 1}", act=None)
         residual = self.strides == 1 and x.shape[-1] == self.features
         return x + out if residual else out

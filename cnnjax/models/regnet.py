@@ -22,8 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax.models import register
-from cnnjax.models.efficientnet import SqueezeExcitation, _Layers, make_divisible
+from cnnjax.models import blocks, layers, register
 
 dense_init = nn.initializers.normal(0.01)  # torchvision's for the classifier, zero bias
 
@@ -41,12 +40,12 @@ def stage_params(depth: int, w_0: int, w_a: float, w_m: float, group_width: int,
     for start, end in zip(starts[:-1], starts[1:], strict=True):
         bottleneck = int(widths[start] * bottleneck_multiplier)
         group = min(group_width, bottleneck)
-        width = int(make_divisible(bottleneck, group) / bottleneck_multiplier)
+        width = int(blocks.make_divisible(bottleneck, group) / bottleneck_multiplier)
         stages.append((width, end - start, group))
     return stages
 
 
-class Bottleneck(_Layers):
+class Bottleneck(blocks.ConvNormAct):
     """``f``: 1x1 (``a``), grouped 3x3 (``b``), SE (``se``), 1x1 (``c``); ``proj`` shortcut."""
 
     features: int = 64
@@ -69,7 +68,7 @@ class Bottleneck(_Layers):
             axis_name=self.axis_name, name="f")(x, train))
 
 
-class Transform(_Layers):
+class Transform(blocks.ConvNormAct):
     features: int = 64
     width: int = 64
     strides: int = 1
@@ -82,12 +81,12 @@ class Transform(_Layers):
         x = self.conv_bn(x, self.width, 3, train, "b", strides=self.strides, groups=self.groups,
                          act=nn.relu)
         if self.squeeze:
-            x = SqueezeExcitation(self.squeeze, act=nn.relu, gate=nn.sigmoid, dtype=self.dtype,
-                                  name="se")(x)
+            x = blocks.SqueezeExcitation(self.squeeze, act=nn.relu, gate=nn.sigmoid,
+                                         dtype=self.dtype, name="se")(x)
         return self.conv_bn(x, self.features, 1, train, "c", act=None)
 
 
-class Stage(_Layers):
+class Stage(blocks.ConvNormAct):
     """``blocks`` bottlenecks named ``block<index>-<j>``, the first carrying stride 2."""
 
     index: int = 1
@@ -109,22 +108,22 @@ class Stage(_Layers):
         return x
 
 
-class Trunk(_Layers):
+class Trunk(blocks.ConvNormAct):
     stages: tuple = ()
     bottleneck_multiplier: float = 1.0
     se_ratio: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        for i, (width, blocks, group) in enumerate(self.stages):
-            x = Stage(index=i + 1, features=width, blocks=blocks, group_width=group,
+        for i, (width, count, group) in enumerate(self.stages):
+            x = Stage(index=i + 1, features=width, blocks=count, group_width=group,
                       bottleneck_multiplier=self.bottleneck_multiplier, se_ratio=self.se_ratio,
                       bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype,
                       axis_name=self.axis_name, name=f"block{i + 1}")(x, train)
         return x
 
 
-class RegNet(_Layers):
+class RegNet(blocks.ConvNormAct):
     """RegNet with torchvision's layout, width rule and initialisation.
 
     Attributes:
@@ -137,6 +136,7 @@ class RegNet(_Layers):
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       bn_eps, bn_momentum: BatchNorm's epsilon and PyTorch-convention momentum.
+      conv_impl: as for EfficientNet.
     """
 
     num_classes: int = 1000
@@ -148,6 +148,7 @@ class RegNet(_Layers):
     bottleneck_multiplier: float = 1.0
     se_ratio: float = 0.25
     stem_width: int = 32
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -161,6 +162,7 @@ class RegNet(_Layers):
                                  f"{fields[key]!r}")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = self.conv_bn(x, self.stem_width, 3, train, "stem", strides=2, act=nn.relu)

@@ -13,35 +13,13 @@ Submodule names follow torchvision's state_dict keys (``conv1``, ``bn1``, ``laye
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from cnnjax.models import layers, register
-
-# torchvision initialises convolutions with kaiming_normal_(mode="fan_out", nonlinearity="relu")
-# (an untruncated normal) and Linear layers with U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def dense_bias_init(fan_in: int):
-    """PyTorch's Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-def pad(p: int):
-    """Explicit symmetric padding of ``p`` on both spatial sides."""
-    return ((p, p), (p, p))
+from cnnjax.models import blocks, layers, register
 
 
 class _Block(nn.Module):
@@ -55,31 +33,13 @@ class _Block(nn.Module):
     materialize_on_cpu: bool = True
 
     def conv(self, features, kernel, strides=1, name=None, groups=1):
-        conv = nn.Conv(
-            features,
-            (kernel, kernel),
-            strides=(strides, strides),
-            padding=pad(kernel // 2),
-            feature_group_count=groups,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name=name,
-        )
+        conv = blocks.conv(features, kernel, strides=strides, groups=groups, dtype=self.dtype,
+                           name=name)
         return (lambda x: conv(layers.in_memory(x))) if self.materialize_on_cpu else conv
 
     def norm(self, train, name, zero=False):
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
-            axis_name=self.axis_name if train else None,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name=name,
-        )
+        return blocks.batch_norm(train, axis_name=self.axis_name, zero_scale=zero,
+                                 dtype=self.dtype, name=name)
 
     def shortcut(self, x, out_features, train):
         if self.strides == 1 and x.shape[-1] == out_features:
@@ -148,8 +108,11 @@ class ResNet(nn.Module):
       fused_max_pool: the 3x3/2 max-pool as fused strided slices (:func:`layers.max_pool`: the
         same values and gradients as ``nn.max_pool``).
       materialize_on_cpu: on CPU, compute each block convolution's input into memory first
-        (:func:`layers.in_memory`; no effect on other platforms). All three are performance
-        switches only: outputs agree to float rounding and checkpoints are interchangeable.
+        (:func:`layers.in_memory`; no effect on other platforms).
+      conv_impl: ``"auto"``: grouped and tiny-output convolutions computed faster on CPU
+        (:func:`layers.conv_general_dilated`); ``"xla"``: every convolution ``lax``'s. All
+        four are performance switches only: outputs agree to float rounding and checkpoints
+        are interchangeable.
     """
 
     num_classes: int = 1000
@@ -163,6 +126,7 @@ class ResNet(nn.Module):
     space_to_depth_stem: bool = True
     fused_max_pool: bool = True
     materialize_on_cpu: bool = True
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -172,6 +136,7 @@ class ResNet(nn.Module):
                              "model.block='bottleneck' (a basic block has groups=1, width 64)")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         block_cls = BLOCKS[self.block] if isinstance(self.block, str) else self.block
         extra = ({"materialize_on_cpu": self.materialize_on_cpu}
@@ -183,21 +148,14 @@ class ResNet(nn.Module):
             extra.update(groups=self.groups, width_per_group=self.width_per_group)
         x = jnp.asarray(x, self.dtype)
         if self.space_to_depth_stem:
-            x = layers.SpaceToDepthStem(64, kernel_init=conv_init, dtype=self.dtype,
+            x = layers.SpaceToDepthStem(64, kernel_init=blocks.conv_init, dtype=self.dtype,
                                         name="conv1")(x)
         else:
-            x = nn.Conv(
-                64, (7, 7), strides=(2, 2), padding=pad(3), use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, param_dtype=jnp.float32, name="conv1",
-            )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            axis_name=self.axis_name if train else None,
-            dtype=self.dtype, param_dtype=jnp.float32, name="bn1",
-        )(x)
+            x = blocks.conv(64, 7, strides=2, dtype=self.dtype, name="conv1")(x)
+        x = blocks.batch_norm(train, axis_name=self.axis_name, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
         pool = layers.max_pool if self.fused_max_pool else nn.max_pool
-        x = pool(x, (3, 3), strides=(2, 2), padding=pad(1))
+        x = pool(x, (3, 3), strides=(2, 2), padding=blocks.pad(1))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = block_cls(
@@ -211,8 +169,8 @@ class ResNet(nn.Module):
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(
-            self.num_classes, kernel_init=dense_kernel_init,
-            bias_init=dense_bias_init(x.shape[-1]),
+            self.num_classes, kernel_init=blocks.dense_kernel_init,
+            bias_init=blocks.dense_bias_init(x.shape[-1]),
             dtype=self.dtype, param_dtype=jnp.float32, name="head",
         )(x)
         return x.astype(jnp.float32)

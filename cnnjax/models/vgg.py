@@ -20,8 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from cnnjax.models import layers, register
-from cnnjax.models.resnet import conv_init
+from cnnjax.models import blocks, layers, register
 
 # torchvision's configurations: widths of the 3x3 convolutions, "M" for a 2x2/2 max-pool.
 CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -47,6 +46,9 @@ class VGG(nn.Module):
         training when non-zero).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
+      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
+        (:func:`layers.conv_general_dilated`); ``"xla"``: every convolution ``lax``'s. A
+        performance switch only.
     """
 
     num_classes: int = 1000
@@ -55,6 +57,7 @@ class VGG(nn.Module):
     dropout: float = 0.5
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -65,6 +68,7 @@ class VGG(nn.Module):
             raise ValueError(f"model.dropout of VGG must be in [0, 1), got {fields['dropout']}")
 
     @nn.compact
+    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         index = 0  # the position in torchvision's `features` Sequential
@@ -74,12 +78,11 @@ class VGG(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 index += 1
                 continue
-            x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                        dtype=self.dtype, param_dtype=jnp.float32, name=f"features_{index}")(x)
+            x = blocks.conv(width, 3, use_bias=True, dtype=self.dtype,
+                            name=f"features_{index}")(x)
             if self.batch_norm:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 axis_name=self.axis_name if train else None, dtype=self.dtype,
-                                 param_dtype=jnp.float32, name=f"features_{index + 1}")(x)
+                x = blocks.batch_norm(train, axis_name=self.axis_name, dtype=self.dtype,
+                                      name=f"features_{index + 1}")(x)
             x = nn.relu(x)
             index += 3 if self.batch_norm else 2
         x = adaptive_avg_pool(x, (7, 7))
