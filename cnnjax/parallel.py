@@ -40,9 +40,10 @@ def per_device(fn: Callable, mesh: Mesh, in_specs: Any, out_specs: Any) -> Calla
 
 
 # XLA:CPU (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK by default. On x86
-# its convolutions, weight gradients above all, ran 1.3-1.5x slower than XLA's own (Eigen) ones
-# (`python -m experiments.benchmarks.benchmark`: CIFAR ResNet-20 at batch 128, 577 -> 414 ms a
-# step), while its dots and reductions (BatchNorm statistics) are faster than XLA's: keep those two.
+# its convolutions, weight gradients above all, ran slower than XLA's own (Eigen) ones, while
+# its dots and reductions (BatchNorm statistics) are faster than XLA's: keep those two
+# (`python -m experiments.benchmarks.benchmark --ab_xla_cpu_defaults`; figures in
+# docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20).
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type":
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",

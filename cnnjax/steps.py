@@ -88,8 +88,9 @@ def init_state(
 
     ``on_host`` (default: when ``mesh`` is not made of CPUs) runs the initialisation on this
     process's CPU and copies the result to the devices. Random initialisation is hundreds of
-    small threefry kernels: a cold ResNet-50 init took 28 s to compile for an H200 against
-    about 5 s on a host CPU, and the same seed then gives the same parameters on every backend.
+    small threefry kernels, far slower to compile for a GPU than for a host CPU (figures in
+    docs/performance.md#gpu-resnet-50-bfloat16-batch-256-at-224x224), and the same seed then
+    gives the same parameters on every backend.
     """
 
     def init(key):

@@ -11,7 +11,7 @@ horizontal flips.
 
 Hardware: one GPU (11M parameters).
 
-    python -m cnnjax.data.prepare --name=cifar10      # once; needs TensorFlow (see README)
+    python -m cnnjax.data.prepare --name=cifar10      # once; needs TensorFlow (see docs/data.md)
     python launch.py --config=experiments/cifar10_resnet18.py --workdir=workdirs/resnet18
 """
 

@@ -10,7 +10,7 @@ per-pixel mean.
 
 Hardware: one GPU (the model has 0.27M parameters; the in-memory loader feeds it).
 
-    python -m cnnjax.data.prepare --name=cifar10      # once; needs TensorFlow (see README)
+    python -m cnnjax.data.prepare --name=cifar10      # once; needs TensorFlow (see docs/data.md)
     python launch.py --config=experiments/cifar10_resnet20.py --workdir=workdirs/resnet20
 """
 

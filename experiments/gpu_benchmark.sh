@@ -11,8 +11,8 @@
 #   log.txt               everything printed
 # Usage: bash experiments/gpu_benchmark.sh [python]   (BENCH_VARIANTS=0 skips the variants;
 # BENCH_JPEG_ARGS changes the JPEG step, e.g. fewer images; BENCH_JPEG=0 skips it)
-# On an NVIDIA H100 the reference points are: Flax ImageNet example 5,815 images/s,
-# torchvision eager 3,972, torch.compile 5,670; the README lists what this script printed.
+# The reference points it is set against, and what it printed:
+# docs/performance.md#gpu-resnet-50-bfloat16-batch-256-at-224x224.
 set -u
 PY=${1:-python3}
 OUT=${OUT:-/tmp/cnnjax_gpu_benchmark}

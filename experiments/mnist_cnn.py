@@ -8,7 +8,7 @@ decay 5e-4, batch 128, random +-2 pixel shifts, 15 epochs (7,020 steps).
 
 Hardware: one GPU; a multi-core CPU also gets there, more slowly.
 
-    python -m cnnjax.data.prepare --name=mnist        # once; needs TensorFlow (see README)
+    python -m cnnjax.data.prepare --name=mnist        # once; needs TensorFlow (see docs/data.md)
     python launch.py --config=experiments/mnist_cnn.py --workdir=workdirs/mnist_cnn
 """
 

@@ -92,8 +92,9 @@ class CifarResNet(_Layers, nn.Module):
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
-        CPU); a performance switch only, with no effect on other platforms.
+        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
+        effect on other platforms; its effect:
+        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
       conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
         (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
         ``lax``'s. A performance switch only.
@@ -179,8 +180,9 @@ class PreActResNet(_Layers, nn.Module):
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
-        CPU); a performance switch only, with no effect on other platforms.
+        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
+        effect on other platforms; its effect:
+        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
       conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
         (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
         ``lax``'s. A performance switch only.
@@ -231,8 +233,9 @@ class WideResNet(_Layers, nn.Module):
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`: +27% CIFAR ResNet-20 training on a 2-core
-        CPU); a performance switch only, with no effect on other platforms.
+        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
+        effect on other platforms; its effect:
+        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
       conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
         (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
         ``lax``'s. A performance switch only.

@@ -3,15 +3,16 @@
 * :func:`max_pool` — ``nn.max_pool`` for any window, stride and padding, as an element-wise
   maximum over the window's strided slices, with the gradient sent to each window's first
   maximum (row-major), exactly where ``nn.max_pool``'s select-and-scatter sends it. XLA fuses
-  the slices into one pass each way instead of a reduce-window and a scatter (ResNet-50's
-  3x3/2 pool on an H200: see the README's performance section).
+  the slices into one pass each way instead of a reduce-window and a scatter (what it gains:
+  docs/performance.md).
 * :class:`SpaceToDepthStem` — ResNet's 7x7/2 stem convolution (padding 3) computed as a 4x4/1
   convolution over the image's 2x2 blocks (12 channels instead of 3), as MLPerf ResNet
   submissions do: the same function (float rounding aside) with the same ``[7, 7, c, f]``
   kernel parameter, so checkpoints and torchvision weights are unchanged.
 * :func:`in_memory` — the identity; on CPU it keeps XLA from fusing BatchNorm/ReLU/residual
   producers into slow transposes for the weight gradients of the convolution that follows
-  (+27% CIFAR ResNet-20 training on a 2-core CPU; nothing on other platforms).
+  (nothing on other platforms). What it gains:
+  docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
 """
 
 from __future__ import annotations
@@ -136,11 +137,11 @@ def in_memory(x: jax.Array) -> jax.Array:
 
     XLA:CPU fuses element-wise producers (BatchNorm, ReLU, residual additions) into each of
     their consumers, the transposes to batch-minor layout that its weight-gradient
-    convolutions need among them, and such a fused transpose runs about 6x slower than a plain
-    one (8 MB: 5.6 ms against 0.8 ms on a 2-core CPU). ``lax.optimization_barrier`` does not
-    stop it (XLA:CPU removes barriers before fusing); a conditional does: what enters one is
-    computed once, into memory. On other platforms ``x`` passes through untouched
-    (``lax.platform_dependent`` picks the branch when lowering).
+    convolutions need among them, and such a fused transpose runs several times slower than a
+    plain one (measured in docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20).
+    ``lax.optimization_barrier`` does not stop it (XLA:CPU removes barriers before fusing); a
+    conditional does: what enters one is computed once, into memory. On other platforms ``x``
+    passes through untouched (``lax.platform_dependent`` picks the branch when lowering).
     """
     return lax.platform_dependent(x, cpu=_through_conditional, default=lambda v: v)
 
@@ -183,7 +184,7 @@ def check_halvable(x: jax.Array, model: str, smallest: int) -> None:
 # --------------------------------------------------------------------------- convolutions
 #
 # XLA:CPU is far from the machine's speed on three kinds of convolution the zoo has (figures
-# in docs/performance.md, "Convolutions on CPU"): depthwise convolutions and their gradients;
+# in docs/performance.md#convolutions-on-cpu): depthwise convolutions and their gradients;
 # the kernel gradient of a grouped convolution (many times its forward pass); and dense KxK
 # convolutions whose output is 2x2 or smaller (ResNet's last stage at 64x64 images), many
 # times slower than the same products as one matrix multiplication. :func:`conv_general_dilated`
