@@ -15,7 +15,7 @@ from flax.traverse_util import flatten_dict
 
 import cnnjax
 from cnnjax import config as config_lib
-from cnnjax import configs, models
+from cnnjax import experiment_files, models
 from cnnjax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,7 @@ def test_every_field_of_every_section_and_model_has_one_line_of_help():
 def test_help_names_the_configs_the_sections_and_how_to_list_a_section():
     result = cli("--help")
     assert result.returncode == 0, result.stderr
-    for name in configs.names():
+    for name in experiment_files.names():
         assert name in result.stdout
     for section in config_lib.SECTIONS:
         assert section in result.stdout
@@ -104,7 +104,7 @@ def test_a_bare_section_outside_print_config_is_one_line_naming_the_fix():
 
 
 def test_importing_cnnjax_imports_no_jax():
-    code = "import sys, cnnjax, cnnjax.cli; print('jax' in sys.modules, sorted(cnnjax.__all__))"
+    code = "import sys, cnnjax, cnnjax.entry; print('jax' in sys.modules, sorted(cnnjax.__all__))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "False ['get_config', 'load', 'train']"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import configs
+from cnnjax import experiment_files
 from tests.helpers import snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,7 @@ def test_default_experiment_reaches_the_accuracy_target_and_resumes(tmp_path, da
         (["--config=experiments/nope.py"],
          "error: config file 'experiments/nope.py' not found; "
          "pass the path of a config file or the name of a packaged one: "
-         + ", ".join(configs.names())),
+         + ", ".join(experiment_files.names())),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_no_workdir(tmp_path, data_dir, args, message):
