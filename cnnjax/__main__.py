@@ -1,3 +1,3 @@
-from cnnjax.cli import main
+from cnnjax.entry import main
 
 main()

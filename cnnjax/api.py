@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 from flax.traverse_util import flatten_dict
 
-from cnnjax import configs, overrides
+from cnnjax import experiment_files, overrides
 
 
 def get_config(name: str = "default", **fields: Any) -> ml_collections.ConfigDict:
@@ -37,7 +37,7 @@ def get_config(name: str = "default", **fields: Any) -> ml_collections.ConfigDic
     ...
     cnnjax.errors.ConfigError: unknown config key 'seeds' in get_config(); did you mean 'seed'?
     """
-    config = configs.load(name)
+    config = experiment_files.load(name)
     return overrides.apply(config, flatten_dict(dict(fields), sep="."), where="get_config()")[0]
 
 

@@ -1,13 +1,261 @@
-"""The ``cnnjax`` command (and ``python launch.py``, ``python -m cnnjax``): the signal
-handlers first, so that Ctrl-C at any moment is one line and a clean exit, then the rest."""
+"""The command line: ``cnnjax --config=NAME|FILE[:variant] [--config.a.b=v ...] --workdir=W``.
+
+Trains (or resumes) the experiment of a config, evaluates, predicts or draws a trained run, or
+sweeps a grid of overrides. ``cnnjax.entry`` is the entry point (``cnnjax``, ``python
+launch.py``, ``python -m cnnjax``); it routes signals before anything here is imported.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 
-def main() -> None:
-    from cnnjax import signals  # the standard library only
+import ml_collections
+from absl import app, flags, logging
 
-    signals.install()
-    from cnnjax import launch
+from cnnjax import experiment_files, overrides, signals
+from cnnjax.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_PREEMPTED, ConfigError
 
-    launch.run()
+USAGE = """cnnjax: trains convolutional networks in JAX/Flax, checkpointed and exactly resumable.
+
+  cnnjax [--config=NAME|FILE[:variant]] [--config.<section>.<field>=VALUE ...] [--workdir=W]
+  cnnjax --print_config [--config=...] [--config.<section>.<field>=VALUE ...]
+  cnnjax --print_config --config.<section>      a section's fields: value and meaning
+  cnnjax --sweep='optimizer.learning_rate=0.1,0.03 seed=0,1' --workdir=W
+  cnnjax --mode=eval|predict|visualize --workdir=W
+
+Configs by name: {names} (default: default), or the path of any config file (Python, run as
+code: launch only files you trust). Relaunching with the same workdir resumes it.
+Config sections: {sections}; any field can be overridden from the command line.
+"""
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
+
+
+_OVERRIDES: dict[str, str | None] = {}  # --config.a.b=v, split out of argv by _parse_flags
+_CONFIG = flags.DEFINE_string(
+    "config", "default", "A packaged config's name (default, mnist_cnn, ...; see --help) or the "
+    "path of a config file; ':variant' is passed to its get_config().")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print the resolved config (with the overrides, as the run would "
+    "record it in config.json) and exit, creating nothing; with a bare --config.<section>, "
+    "that section's fields and what each means.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for config, metrics and checkpoints (default: workdirs/<config>)."
+)
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir whose recorded config differs from this one."
+)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks and library logs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "Multi-host: host:port of process 0. Without it, SLURM and Cloud TPU are auto-detected.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "predict", "visualize"],
+    "train (or resume); or, for the run in --workdir: eval (eval.json), predict "
+    "(predictions.csv for --inputs), visualize (PNGs in W/plots).",
+)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "latest", "eval/predict/visualize: 'latest', 'best' or a step number."
+)
+_EMA = flags.DEFINE_bool(
+    "ema", False, "eval/predict/visualize: the checkpoint's average of the weights "
+    "(train.ema_decay) instead of the weights.")
+_INPUTS = flags.DEFINE_string("inputs", None, "predict: image files a.png,b.png or one x.npz.")
+_SWEEP = flags.DEFINE_string(
+    "sweep", None, "A grid of overrides, e.g. 'optimizer.learning_rate=0.1,0.01 seed=0,1,2'; "
+    "each point trains in <workdir>/<its overrides>. Default: get_sweep() of the config file.",
+)
+_SWEEP_INDEX = flags.DEFINE_integer(
+    "sweep_index", None, "Run only this point of the sweep (0-based; e.g. $SLURM_ARRAY_TASK_ID)."
+)
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/cnnjax/jax"),
+    "JAX's persistent compilation cache: relaunches and sweep points reuse compiled programs. "
+    "'' disables it.",
+)
+
+def default_workdir(config_arg: str) -> str:
+    path, _, variant = config_arg.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0] + (f"_{variant}" if variant else "")
+    return os.path.join("workdirs", name)
+
+
+def _load_config() -> tuple[ml_collections.ConfigDict, list[str]]:
+    """The config with the ``--config.a.b=v`` overrides, and the sections named bare
+    (``--config.optimizer``, for ``--print_config``)."""
+    config = experiment_files.load(_CONFIG.value)
+    given = dict(_OVERRIDES)
+    sections = [key for key, value in given.items() if value is None and _is_section(config, key)]
+    for key in sections:
+        given.pop(key)
+    if sections and not _PRINT_CONFIG.value:
+        raise ConfigError(f"{overrides.FLAG}{sections[0]} is a section of the config; "
+                          f"show its fields with --print_config {overrides.FLAG}{sections[0]}, "
+                          f"or override one, e.g. {overrides.FLAG}{sections[0]}."
+                          f"{next(iter(_section(config, sections[0])))}=...")
+    return overrides.apply(config, given, where=overrides.FLAG)[0], sections
+
+
+def _section(config: ml_collections.ConfigDict, key: str):
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _is_section(config: ml_collections.ConfigDict, key: str) -> bool:
+    try:
+        return isinstance(_section(config, key), ml_collections.ConfigDict)
+    except (KeyError, AttributeError, TypeError):
+        return False
+
+
+def _print_config(config: ml_collections.ConfigDict, sections: list[str]) -> None:
+    """The resolved config as ``config.json`` records it; or the named sections' fields."""
+    from cnnjax import config as config_lib
+
+    config_lib.validate(config)
+    if not sections:
+        print(config_lib.to_json(config))
+        return
+    for key in sections:
+        print("\n".join(config_lib.describe(config, key)))
+
+
+def _sweep_points(config):
+    """The sweep's points (``--sweep`` or the config file's ``get_sweep()``), or None."""
+    from cnnjax import sweep
+
+    path = experiment_files.resolve(_CONFIG.value).partition(":")[0]
+    points = sweep.parse_spec(_SWEEP.value) if _SWEEP.value is not None else None
+    points = sweep.grid(points) if points else sweep.from_config_file(path)
+    if points is None:
+        if _SWEEP_INDEX.value is not None:
+            _fail("--sweep_index needs --sweep or a config file with get_sweep()")
+        return None
+    import jax
+
+    return sweep.expand(config, points, jax.device_count())
+
+
+def _use_run(mode: str) -> None:
+    """--mode=eval/predict/visualize on the run in --workdir."""
+    from cnnjax import evaluate, plot_data
+
+    signals.set_stage(signals.STARTING, f"before --mode={mode} wrote anything")
+    if not _WORKDIR.value:
+        _fail(f"--mode={mode} needs --workdir=W, the workdir of a trained run")
+    if mode == "eval":
+        evaluate.run_eval(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
+    elif mode == "predict":
+        if not _INPUTS.value:
+            _fail("--mode=predict needs --inputs=a.png,b.png or --inputs=x.npz")
+        evaluate.run_predict(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value, _EMA.value)
+    else:
+        plot_data.visualize(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
+
+
+def _help() -> str:
+    from cnnjax import config as config_lib
+
+    sections = ", ".join(config_lib.SECTIONS)
+    text = USAGE.format(names=", ".join(experiment_files.names()), sections=sections)
+    return f"{text}\nflags:\n{flags.FLAGS.module_help(__name__)}\n"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flags, less the ``--config.a.b=v`` overrides (kept in ``_OVERRIDES``); a bad
+    flag is one line and exit status 2, like every other bad input."""
+    if "--verbose" not in argv:
+        logging.set_verbosity(logging.ERROR)
+    try:
+        rest, found = overrides.from_argv(argv[1:])
+    except ConfigError as e:
+        _fail(str(e))
+    _OVERRIDES.clear()
+    _OVERRIDES.update(found)
+    if {"--help", "-h", "-?", "--helpshort"} & set(rest):
+        print(_help(), end="")
+        sys.exit(0)
+    try:
+        return flags.FLAGS([argv[0], *rest])
+    except flags.Error as e:
+        _fail(f"{str(e).splitlines()[0]}; see --help")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
+    for flag, modes in (("inputs", ("predict",)), ("checkpoint", ("eval", "predict", "visualize")),
+                        ("ema", ("eval", "predict", "visualize"))):
+        if flags.FLAGS[flag].present and _MODE.value not in modes:
+            _fail(f"--{flag} is for --mode={'/'.join(modes)}; --mode={_MODE.value} does not "
+                  "read it")
+    if not _VERBOSE.value:  # cnnjax's own lines only; --verbose shows the libraries' too
+        logging.set_verbosity(logging.ERROR)
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"cnnjax\b")
+        # Inherited by multiprocessing's resource tracker, which would otherwise report the
+        # loader workers' shared memory it frees after a stop.
+        os.environ.setdefault("PYTHONWARNINGS",
+                              "ignore::UserWarning:multiprocessing.resource_tracker")
+    try:
+        config, sections = _load_config()
+        if _PRINT_CONFIG.value:
+            _print_config(config, sections)
+            return 0
+    except ConfigError as e:
+        if _VERBOSE.value:
+            raise
+        _fail(str(e))
+    from cnnjax import parallel, training
+
+    try:
+        parallel.initialize_distributed(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
+    except ValueError as e:
+        _fail(str(e))
+    parallel.enable_compilation_cache(_CACHE_DIR.value)
+    workdir = _WORKDIR.value or default_workdir(_CONFIG.value)
+    try:
+        if _MODE.value != "train":
+            _use_run(_MODE.value)
+        elif (points := _sweep_points(config)) is not None:
+            from cnnjax import sweep
+
+            sweep.run(points, workdir, _SWEEP_INDEX.value,
+                      allow_config_change=_ALLOW_CHANGE.value)
+        else:
+            training.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
+    except ConfigError as e:
+        if _VERBOSE.value:
+            raise
+        _fail(str(e))
+    except OSError as e:  # a path of the workdir or the data that is not what it should be
+        if _VERBOSE.value or not e.filename:
+            raise
+        _fail(f"cannot use {e.filename} ({e.strerror}); make it the file or folder cnnjax "
+              "expects there, writable, or pass another path")
+    except training.Preempted as e:
+        print(e, file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    except training.NonFiniteError as e:
+        if _VERBOSE.value:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
+    return 0
+
+
+def run() -> None:
+    """Parses the command line and runs it; exits with the status of ``main``."""
+    app.run(main, flags_parser=_parse_flags)

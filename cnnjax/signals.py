@@ -1,11 +1,11 @@
 """SIGINT and SIGTERM at any moment of a launch: a clean exit, never a traceback or a crash.
 
-``install()`` is the first thing ``launch.py`` does, before any slow import. From then on a
-signal never raises ``KeyboardInterrupt`` in the main thread, where it could land inside
-JAX's compiler, an import or an Orbax save and end in a traceback or a segfault. The signal
-is written to a pipe by CPython's C-level handler (``signal.set_wakeup_fd``) and a watcher
-thread acts on it at once, even while the main thread is busy in native code. What it does
-depends on the launch's stage:
+``install()`` is the first thing the command (``cnnjax.entry``) does, before any slow import.
+From then on a signal never raises ``KeyboardInterrupt`` in the main thread, where it could
+land inside JAX's compiler, an import or an Orbax save and end in a traceback or a segfault.
+The signal is written to a pipe by CPython's C-level handler (``signal.set_wakeup_fd``) and a
+watcher thread acts on it at once, even while the main thread is busy in native code. What it
+does depends on the launch's stage:
 
 * ``starting`` (imports, data preparation, compilation, until the first training step has
   run; and all of an eval, predict or visualize run): print one line, exit 130 (SIGINT) or
@@ -19,7 +19,8 @@ depends on the launch's stage:
 A second signal exits at once and quietly, with 130 or 143. Whatever a save had in flight is
 in Orbax's temporary directories, which the next launch removes.
 
-This module imports the standard library only, so that it can be installed before JAX.
+This module imports the standard library only (and ``cnnjax.errors``, which does too), so that
+it can be installed before JAX.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from cnnjax.errors import EXIT_PREEMPTED
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the checkpoint is committed; relaunch to continue
 
 STARTING, TRAINING, FINISHING = "starting", "training", "finishing"
 
@@ -51,7 +53,7 @@ _state = _State()
 
 
 def installed() -> bool:
-    """Whether ``install()`` has run in this process (launch.py); a notebook has not."""
+    """Whether ``install()`` has run in this process (the command); a notebook has not."""
     return _state.installed
 
 

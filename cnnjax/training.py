@@ -25,7 +25,7 @@ import ml_collections
 
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
-from cnnjax import files, models, optim, parallel, probe, signals, steps, transfer
+from cnnjax import files, models, optim, parallel, plot_data, signals, steps, transfer
 from cnnjax import metrics as metrics_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.checkpoint import BestCheckpoint, Checkpointer
@@ -297,7 +297,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
             config_lib.to_dict(config)))
         writer.write_hparams(config_lib.to_dict(config))
         if t.plots and start_step == 0:  # the filters before training, for the plots
-            probe.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
+            plot_data.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
                                     info.image_shape)
     stats = {"mean": info.mean, "std": info.std}
     train_step = steps.make_train_step(
@@ -363,7 +363,7 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
     records = metrics_lib.read_jsonl(metrics_lib.metrics_path(job.workdir)) if job.writer else []
     last_eval = last_eval or metrics_lib.last_eval(records)  # a relaunch that only finishes
     if job.config.train.plots and end == job.total_steps:
-        pngs = probe.write_plots(os.path.join(job.workdir, "plots"), job.config,
+        pngs = plot_data.write_plots(os.path.join(job.workdir, "plots"), job.config,
                                  job.state.variables, job.data, job.mesh, end, records)
         if job.writer:
             job.writer.write_images(end, {os.path.splitext(os.path.basename(p))[0]: p

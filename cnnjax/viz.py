@@ -5,7 +5,7 @@
 * ``feature_maps.png``: a test image and the feature maps of each convolution stage;
 * ``confusion_matrix.png``: true against predicted class on the test split.
 
-``cnnjax.probe`` computes what they show; this module only draws (matplotlib, no pyplot).
+``cnnjax.plot_data`` computes what they show; this module only draws (matplotlib, no pyplot).
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ Every layer trains; the new head at the full learning rate, the pretrained backb
 (fine-tuned ImageNet ResNet-18 on upsampled CIFAR-10).
 """
 
-from cnnjax import configs
+from cnnjax import experiment_files
 
 
 def get_config():
-    config = configs.load("cifar10_linear_probe_resnet18")
+    config = experiment_files.load("cifar10_linear_probe_resnet18")
     config.optimizer.freeze_backbone = False
     config.optimizer.backbone_lr_scale = 0.1
     config.optimizer.learning_rate = 0.05

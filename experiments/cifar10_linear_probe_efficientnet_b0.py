@@ -17,12 +17,12 @@ The backbone's params and BatchNorm statistics stay as they were (it runs in inf
 no dropout, no stochastic depth); only `head/*` trains.
 """
 
-from cnnjax import configs
+from cnnjax import experiment_files
 from cnnjax.config import model_config
 
 
 def get_config():
     # the same probe: a new head on frozen features, SGD, cosine
-    config = configs.load("cifar10_linear_probe_resnet18")
+    config = experiment_files.load("cifar10_linear_probe_resnet18")
     config.model = model_config("efficientnet_b0")
     return config

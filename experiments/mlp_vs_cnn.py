@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from cnnjax import configs
+from cnnjax import experiment_files
 
 
 def get_config(model: str = "cnn"):
-    return configs.load(f"default:{model}")
+    return experiment_files.load(f"default:{model}")
 
 
 def main() -> None:

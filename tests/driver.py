@@ -124,6 +124,7 @@ def main():
     logging.set_verbosity(logging.WARNING)  # as launch.py does: Orbax logs every save at INFO
 
     from cnnjax import parallel, training
+    from cnnjax.errors import EXIT_NONFINITE, EXIT_PREEMPTED
 
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     from tests.helpers import tiny_config
@@ -140,10 +141,10 @@ def main():
         training.run(config, args.workdir, stop_at_step=args.stop_at)
     except training.Preempted as e:
         print(e, flush=True)
-        sys.exit(75)
+        sys.exit(EXIT_PREEMPTED)
     except training.NonFiniteError as e:
         print(f"error: {e}", flush=True)
-        sys.exit(3)
+        sys.exit(EXIT_NONFINITE)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def install(moment: str, signals: list[int]) -> None:
         # Sent from a thread once the import has begun: the main thread is inside it.
         sys.meta_path.insert(0, _OnImport("jax", fire))
         return
-    from cnnjax import checkpoint, evaluate, probe, steps, training
+    from cnnjax import checkpoint, evaluate, plot_data, steps, training
     from cnnjax.data import loader, sources
 
     if moment == "prepare":
@@ -117,7 +117,7 @@ def install(moment: str, signals: list[int]) -> None:
 
         checkpoint.Checkpointer.save, checkpoint.Checkpointer.wait = save, wait
     elif moment == "plots":
-        before(probe, "write_plots", fire)
+        before(plot_data, "write_plots", fire)
     elif moment == "evaluate":
         before(evaluate, "evaluate", fire)
     else:

@@ -16,7 +16,7 @@ from PIL import Image
 from cnnjax import config as config_lib
 from cnnjax import models
 from cnnjax.config import ConfigError, defaults, model_config, validate
-from tests.helpers import snapshot
+from tests.helpers import command, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.train.num_steps=4", "--config.train.plots=False",
@@ -252,9 +252,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, flags, start", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_changes_no_file(tmp_path, files, data_dir, name,
-                                                          flags, start):
+# Through launch.py as well, one case of each kind: a config file, a data file, a run's files.
+THROUGH_LAUNCH = ("config_raises", "npz_floats", "eval_without_checkpoints")
+
+
+def _check_bad_input(launch, tmp_path, files, flags, start):
+    """``launch(args)`` on the bad input: one line, exit status 2, no file created or changed."""
     uses_run = any(f.startswith(("--mode", "damage=")) for f in flags)
     workdir = tmp_path / "w"
     if uses_run:
@@ -265,12 +268,9 @@ def test_bad_input_is_one_line_exit_2_and_changes_no_file(tmp_path, files, data_
     args = [f.format(F=files, W=workdir) for f in flags if not f.startswith("damage=")]
     before = snapshot(workdir) if workdir.exists() else None
     inputs = snapshot(files)
-    env = {**os.environ, "TFDS_DATA_DIR": data_dir,
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     config = [a for a in args if a.startswith("--config=")]  # the file comes before overrides
-    args = [*config, *TINY, *[a for a in args if a not in config]]
-    result = subprocess.run([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    args = [*config, *TINY, *[a for a in args if a not in config], f"--workdir={workdir}"]
+    result = launch(args)
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(start.format(F=files, W=workdir)), lines
@@ -280,3 +280,23 @@ def test_bad_input_is_one_line_exit_2_and_changes_no_file(tmp_path, files, data_
         assert snapshot(workdir) == before
     assert snapshot(files) == inputs
     json.dumps(lines)  # printable
+
+
+@pytest.mark.parametrize("name, flags, start", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_no_file(tmp_path, files, data_dir, capsys,
+                                                          name, flags, start):
+    _check_bad_input(lambda args: command(capsys, *args, env={"TFDS_DATA_DIR": data_dir}),
+                     tmp_path, files, flags, start)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name, flags, start", [c for c in CASES if c[0] in THROUGH_LAUNCH],
+                         ids=THROUGH_LAUNCH)
+def test_bad_input_through_launch_py_is_one_line_exit_2_and_changes_no_file(
+        tmp_path, files, data_dir, name, flags, start):
+    env = {**os.environ, "TFDS_DATA_DIR": data_dir,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    _check_bad_input(
+        lambda args: subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env,
+                                    capture_output=True, text=True, timeout=300),
+        tmp_path, files, flags, start)

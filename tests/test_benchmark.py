@@ -107,6 +107,7 @@ def test_cpu_compiler_options(monkeypatch):
     assert parallel.compiler_options(mesh) is None
 
 
+@pytest.mark.e2e
 def test_gpu_benchmark_script_runs_and_the_relaunch_loads_the_step_from_the_cache(tmp_path):
     # experiments/gpu_benchmark.sh on a tiny CNN (the CPU it runs on here): cold run, cached
     # relaunch, same-process comparison with PyTorch; the variants are skipped.

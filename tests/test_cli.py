@@ -15,36 +15,33 @@ from flax.traverse_util import flatten_dict
 
 import cnnjax
 from cnnjax import config as config_lib
-from cnnjax import configs, models
+from cnnjax import experiment_files, models
 from cnnjax.errors import ConfigError
+from tests.helpers import command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH = os.path.join(ROOT, "launch.py")
 
 
-def cli(*args, cwd=ROOT, data_dir=None, timeout=300):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    if data_dir:
-        env["TFDS_DATA_DIR"] = data_dir
-    return subprocess.run([sys.executable, LAUNCH, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(capsys, *args, cwd=ROOT, data_dir=None):
+    """The command, in this process (launch.py itself runs in tests/test_launch.py)."""
+    return command(capsys, *args, cwd=cwd, env={"TFDS_DATA_DIR": data_dir} if data_dir else None)
 
 
-def test_print_config_is_what_the_run_records_and_creates_nothing(tmp_path, data_dir):
+def test_print_config_is_what_the_run_records_and_creates_nothing(tmp_path, data_dir, capsys):
     flags = ["--config=default:mlp", "--config.seed=3", "--config.train.num_steps=2",
              "--config.model.hidden=(16,)", "--config.train.writers=jsonl",
              "--noconfig.train.plots"]
-    printed = cli(*flags, "--print_config", f"--workdir={tmp_path / 'never'}")
+    printed = cli(capsys, *flags, "--print_config", f"--workdir={tmp_path / 'never'}")
     assert printed.returncode == 0, printed.stderr
     assert not (tmp_path / "never").exists()
-    run = cli(*flags, f"--workdir={tmp_path / 'run'}", data_dir=data_dir)
+    run = cli(capsys, *flags, f"--workdir={tmp_path / 'run'}", data_dir=data_dir)
     assert run.returncode == 0, run.stderr
     assert json.loads(printed.stdout) == json.load(open(tmp_path / "run" / "config.json"))
     assert printed.stdout.strip() == (tmp_path / "run" / "config.json").read_text().strip()
 
 
-def test_print_config_of_a_section_lists_every_field_with_its_meaning():
-    result = cli("--print_config", "--config.optimizer", "--config.model",
+def test_print_config_of_a_section_lists_every_field_with_its_meaning(capsys):
+    result = cli(capsys, "--print_config", "--config.optimizer", "--config.model",
                  "--config.model.name=resnet18", "--config.optimizer.learning_rate=0.3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -69,10 +66,10 @@ def test_every_field_of_every_section_and_model_has_one_line_of_help():
             assert field == "num_classes" or meaning.strip(), (name, field)
 
 
-def test_help_names_the_configs_the_sections_and_how_to_list_a_section():
-    result = cli("--help")
+def test_help_names_the_configs_the_sections_and_how_to_list_a_section(capsys):
+    result = cli(capsys, "--help")
     assert result.returncode == 0, result.stderr
-    for name in configs.names():
+    for name in experiment_files.names():
         assert name in result.stdout
     for section in config_lib.SECTIONS:
         assert section in result.stdout
@@ -80,15 +77,15 @@ def test_help_names_the_configs_the_sections_and_how_to_list_a_section():
     assert "--workdir" in result.stdout and "--sweep" in result.stdout
 
 
-def test_configs_are_found_by_name_from_any_directory(tmp_path):
-    by_name = cli("--config=mnist_cnn", "--print_config", cwd=tmp_path)
+def test_configs_are_found_by_name_from_any_directory(tmp_path, capsys):
+    by_name = cli(capsys, "--config=mnist_cnn", "--print_config", cwd=tmp_path)
     assert by_name.returncode == 0, by_name.stderr
     assert json.loads(by_name.stdout)["data"]["name"] == "mnist"
-    as_path = cli("--config=experiments/mnist_cnn.py", "--print_config", cwd=tmp_path)
+    as_path = cli(capsys, "--config=experiments/mnist_cnn.py", "--print_config", cwd=tmp_path)
     assert as_path.stdout == by_name.stdout
-    variant = cli("--config=default:mlp", "--print_config", cwd=tmp_path)
+    variant = cli(capsys, "--config=default:mlp", "--print_config", cwd=tmp_path)
     assert json.loads(variant.stdout)["model"]["name"] == "mlp"
-    wrong = cli("--config=mnist_cn", "--print_config", cwd=tmp_path)
+    wrong = cli(capsys, "--config=mnist_cn", "--print_config", cwd=tmp_path)
     assert wrong.returncode == 2 and wrong.stdout == ""
     assert wrong.stderr.startswith("error: no config named 'mnist_cn'; did you mean "
                                    "'mnist_cnn'? choose one of: ")
@@ -96,15 +93,15 @@ def test_configs_are_found_by_name_from_any_directory(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_a_bare_section_outside_print_config_is_one_line_naming_the_fix():
-    result = cli("--config.optimizer")
+def test_a_bare_section_outside_print_config_is_one_line_naming_the_fix(capsys):
+    result = cli(capsys, "--config.optimizer")
     assert result.returncode == 2
     assert result.stderr.startswith("error: --config.optimizer is a section of the config; "
                                     "show its fields with --print_config --config.optimizer")
 
 
 def test_importing_cnnjax_imports_no_jax():
-    code = "import sys, cnnjax, cnnjax.cli; print('jax' in sys.modules, sorted(cnnjax.__all__))"
+    code = "import sys, cnnjax, cnnjax.entry; print('jax' in sys.modules, sorted(cnnjax.__all__))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "False ['get_config', 'load', 'train']"

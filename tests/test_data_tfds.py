@@ -187,19 +187,12 @@ def test_a_streaming_run_resumed_mid_epoch_matches_an_uninterrupted_one(tmp_path
     assert a["eval_loss"] == b["eval_loss"] and a["eval_accuracy"] == b["eval_accuracy"]
 
 
-def test_launch_reports_an_unprepared_dataset_in_one_line(tmp_path):
-    import os
-    import subprocess
-    import sys
+def test_launch_reports_an_unprepared_dataset_in_one_line(tmp_path, capsys):
+    from tests.helpers import command
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     empty, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
-    result = subprocess.run(
-        [sys.executable, os.path.join(root, "launch.py"), "--config.data.name=cifar10",
-         f"--workdir={workdir}"],
-        capture_output=True, text=True, cwd=root, timeout=300,
-        env={**os.environ, "TFDS_DATA_DIR": empty},
-    )
+    result = command(capsys, "--config.data.name=cifar10", f"--workdir={workdir}",
+                     env={"TFDS_DATA_DIR": empty})
     assert result.returncode == 2 and not os.path.exists(workdir)
     assert result.stderr.strip() == (
         f"error: dataset 'cifar10' is not prepared in {empty} (searched {empty}/cifar10/3.0.2); "

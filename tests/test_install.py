@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.e2e
 def test_the_wheel_installs_into_a_fresh_virtualenv_and_runs_from_an_empty_directory(tmp_path):
     wheels, venv, empty = tmp_path / "wheels", tmp_path / "venv", tmp_path / "empty"
     empty.mkdir()

@@ -1,4 +1,5 @@
-"""launch.py end to end, as a user runs it."""
+"""launch.py end to end, as a user runs it (marked e2e: each launch a process of its own);
+the command's answer to a bad input and to a model switched by name, in this process."""
 
 import json
 import os
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import configs
-from tests.helpers import snapshot
+from cnnjax import experiment_files
+from tests.helpers import command, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,6 +26,7 @@ def launch(*args, data_dir, env=None, cwd=None):
     )
 
 
+@pytest.mark.e2e
 def test_default_experiment_reaches_the_accuracy_target_and_resumes(tmp_path, data_dir):
     workdir = str(tmp_path / "default")
     # One device, as on a plain CPU machine.
@@ -58,30 +60,34 @@ def test_default_experiment_reaches_the_accuracy_target_and_resumes(tmp_path, da
         (["--config=experiments/nope.py"],
          "error: config file 'experiments/nope.py' not found; "
          "pass the path of a config file or the name of a packaged one: "
-         + ", ".join(configs.names())),
+         + ", ".join(experiment_files.names())),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_leaves_no_workdir(tmp_path, data_dir, args, message):
+def test_bad_input_is_one_line_exit_2_and_leaves_no_workdir(tmp_path, data_dir, capsys, args,
+                                                           message):
     workdir = tmp_path / "w"
-    result = launch(*args, f"--workdir={workdir}", data_dir=data_dir)
+    result = command(capsys, *args, f"--workdir={workdir}", env={"TFDS_DATA_DIR": data_dir})
     assert result.returncode == 2
     assert result.stderr.strip() == message
     assert not workdir.exists()
 
 
-def test_switching_the_model_by_name_brings_that_models_own_fields(tmp_path, data_dir):
+def test_switching_the_model_by_name_brings_that_models_own_fields(tmp_path, data_dir,
+                                                                  capsys):
     # default.py's model section holds the cnn's fields; kept under the name "mlp" they would
     # not even apply (and under "lenet5" they would silently rebuild the default cnn).
-    result = launch("--config.model.name=mlp", "--config.train.num_steps=2",
-                    f"--workdir={tmp_path / 'mlp'}", data_dir=data_dir)
+    env = {"TFDS_DATA_DIR": data_dir}
+    result = command(capsys, "--config.model.name=mlp", "--config.train.num_steps=2",
+                     f"--workdir={tmp_path / 'mlp'}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training mlp (50,826 params)" in result.stdout
-    lenet = launch("--config.model.name=lenet5", f"--workdir={tmp_path / 'lenet'}",
-                   data_dir=data_dir)
+    lenet = command(capsys, "--config.model.name=lenet5", f"--workdir={tmp_path / 'lenet'}",
+                    env=env)
     assert lenet.returncode == 2
     assert lenet.stderr.startswith("error: model 'lenet5' cannot take the 8x8x1 images")
 
 
+@pytest.mark.e2e
 def test_eval_mode_reads_a_checkpoint_written_on_another_device_count(tmp_path, data_dir):
     from cnnjax import training
     from tests.helpers import tiny_config
@@ -99,6 +105,7 @@ def test_eval_mode_reads_a_checkpoint_written_on_another_device_count(tmp_path, 
     assert report["eval_accuracy"] == pytest.approx(summary["eval_accuracy"], abs=1e-6)
 
 
+@pytest.mark.e2e
 def test_relaunches_and_sweeps_share_the_compilation_cache(tmp_path, data_dir):
     # The README's commands one after another on one machine, through the default
     # compilation cache: it lives in the suite's own HOME (tests/conftest.py), never the user's.
@@ -123,6 +130,7 @@ def test_relaunches_and_sweeps_share_the_compilation_cache(tmp_path, data_dir):
 LIBRARY_LINE = re.compile(r"^[IWEF]\d{4} |warn", re.IGNORECASE)  # absl's format, warnings
 
 
+@pytest.mark.e2e
 def test_runs_print_only_cnnjaxs_own_lines_unless_verbose(tmp_path, data_dir):
     workdir = tmp_path / "quiet"
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}

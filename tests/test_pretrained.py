@@ -196,13 +196,21 @@ def test_command_writes_a_checkpoint(resnet18_state, tmp_path):
         (["--arch=resnet18"], "the following arguments are required: --torch_weights, --out"),
     ],
 )
-def test_command_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+def test_command_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys):
+    # in this process: the command's main, as `python -m cnnjax.models.pretrained` calls it
+    from cnnjax.models import pretrained
+
     (tmp_path / "notes.txt").write_text("not weights")
-    result = run_command(*(a.format(tmp=tmp_path) for a in args))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert needle.format(tmp=tmp_path) in lines[0], result.stderr
+    capsys.readouterr()
+    try:
+        status = pretrained.main([a.format(tmp=tmp_path) for a in args])
+    except SystemExit as e:  # argparse's usage errors
+        status = e.code
+    assert status == 2
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert needle.format(tmp=tmp_path) in lines[0], stderr
     assert not (tmp_path / "ckpt").exists()
 
 

@@ -26,15 +26,15 @@ PAGES = ["README.md", *DOCS]
 CHECK = r"""
 import json, sys
 from absl import flags
-from cnnjax import config as config_lib, launch
+from cnnjax import cli, config as config_lib
 
 failures = []
 for argv in json.loads(sys.argv[1]):
     try:
-        launch._parse_flags(["cnnjax", *argv])
-        config, _ = launch._load_config()
+        cli._parse_flags(["cnnjax", *argv])
+        config, _ = cli._load_config()
         config_lib.validate(config)
-        launch._sweep_points(config)  # a sweep's points, each overridden and validated
+        cli._sweep_points(config)  # a sweep's points, each overridden and validated
     except BaseException as e:  # SystemExit from a bad flag included
         failures.append([argv, f"{type(e).__name__}: {e}"])
     flags.FLAGS.unparse_flags()

@@ -19,6 +19,8 @@ from cnnjax.metrics import read_jsonl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRIC_KEYS = ("step", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy")
 
+pytestmark = pytest.mark.e2e  # every run a real process, killed, signalled or several at once
+
 
 def drive(workdir, data_dir, *args, devices=2, log=None):
     """Runs tests/driver.py; with ``log`` (a path), in the background, output to that file."""

@@ -53,6 +53,7 @@ def checked(result, status, stderr_lines):
     assert result.stderr.strip().splitlines() == stderr_lines
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("at, sig, status, stderr", [
     ("import", "INT", 130, ["stopped by SIGINT during start-up; nothing was written"]),
     ("prepare", "TERM", 143, [f"stopped by SIGTERM {RESUME}"]),
@@ -89,6 +90,7 @@ def test_a_signal_at_any_moment_exits_cleanly_and_the_run_goes_on(
     assert plots == sorted(os.listdir(os.path.join(reference[0], "plots")))
 
 
+@pytest.mark.e2e
 def test_a_signal_during_an_eval_run_writes_nothing(tmp_path, data_dir, reference):
     workdir = str(tmp_path / "trained")
     shutil.copytree(reference[0], workdir)

@@ -8,8 +8,7 @@ import pytest
 
 from cnnjax import sweep, training
 from cnnjax.config import ConfigError, model_config
-from tests.helpers import tiny_config
-from tests.test_launch import launch
+from tests.helpers import command, tiny_config
 
 
 def test_spec_expands_to_a_grid_with_the_last_axis_fastest():
@@ -120,16 +119,17 @@ def test_a_sweep_resumes_skips_finished_points_and_tabulates(data_dir, tmp_path,
     assert os.listdir(persistent_cache)
 
 
-def test_launch_rejects_a_bad_sweep_in_one_line(tmp_path, data_dir):
+def test_launch_rejects_a_bad_sweep_in_one_line(tmp_path, data_dir, capsys):
     workdir = tmp_path / "w"
-    result = launch("--sweep=optimizer.learning_rate=0.1,fast", f"--workdir={workdir}",
-                    data_dir=data_dir)
+    env = {"TFDS_DATA_DIR": data_dir}
+    result = command(capsys, "--sweep=optimizer.learning_rate=0.1,fast", f"--workdir={workdir}",
+                     env=env)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: sweep value 'fast' for optimizer.learning_rate must be a number")
     assert not workdir.exists()
-    result = launch("--sweep=seed=0,1", "--sweep_index=2", f"--workdir={workdir}",
-                    data_dir=data_dir)
+    result = command(capsys, "--sweep=seed=0,1", "--sweep_index=2", f"--workdir={workdir}",
+                     env=env)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: --sweep_index=2 is out of range: the sweep has 2 points (0..1)")

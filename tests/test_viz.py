@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from cnnjax import models, probe, training, viz
+from cnnjax import models, plot_data, training, viz
 from cnnjax.config import model_config
 from tests.helpers import tiny_config
 from tests.runs import tiny_run  # noqa: F401 (a fixture)
@@ -28,13 +28,13 @@ def test_training_writes_every_picture(tiny_run):  # noqa: F811
     workdir, _, _ = tiny_run
     plots = os.path.join(workdir, "plots")
     _check_pngs(plots)
-    initial = np.load(os.path.join(plots, probe.INIT_KERNEL))
+    initial = np.load(os.path.join(plots, plot_data.INIT_KERNEL))
     assert initial.shape == (3, 3, 1, 8)  # tiny_config: 3x3 convolutions, 8 filters first
 
 
 def test_visualize_any_checkpoint(tiny_run):  # noqa: F811
     workdir, _, _ = tiny_run
-    written = probe.visualize(workdir, "10")
+    written = plot_data.visualize(workdir, "10")
     assert sorted(os.path.basename(p) for p in written) == sorted(PNGS)
     _check_pngs(os.path.join(workdir, "plots", "10"))
 
@@ -44,8 +44,8 @@ def test_initial_filters_are_recovered_without_the_saved_file(tiny_run, tmp_path
     from cnnjax import evaluate
 
     run = evaluate.load_run(workdir)
-    kernel = probe.initial_kernel(str(tmp_path), run.config, (8, 8, 1), 10)  # re-initialised
-    saved = np.load(os.path.join(workdir, "plots", probe.INIT_KERNEL))
+    kernel = plot_data.initial_kernel(str(tmp_path), run.config, (8, 8, 1), 10)  # re-initialised
+    saved = np.load(os.path.join(workdir, "plots", plot_data.INIT_KERNEL))
     np.testing.assert_array_equal(kernel, saved)
 
 
@@ -53,10 +53,10 @@ def test_first_conv_and_stages_are_found_in_a_resnet_by_execution_order():
     model = models.get_model("resnet18", num_classes=10, stage_sizes=(1, 1))
     images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), images)
-    started, finished = probe.trace(model, variables, images, abstract=True)
+    started, finished = plot_data.trace(model, variables, images, abstract=True)
     # In the sorted parameter tree 'bn1' and 'head' come before 'conv1'; in execution, not.
-    assert probe._conv_path(started, variables["params"]) == ("conv1",)
-    labels = [label for label, _ in probe.stages([(p, np.zeros(o.shape)) for p, o in finished])]
+    assert plot_data._conv_path(started, variables["params"]) == ("conv1",)
+    labels = [label for label, _ in plot_data.stages([(p, np.zeros(o.shape)) for p, o in finished])]
     assert labels == ["conv1 .. bn1  16x16x64", "layer1_0  8x8x64", "layer2_0  4x4x128"]
 
 
@@ -67,7 +67,7 @@ def test_a_tiny_resnet_run_writes_every_picture(data_dir, tmp_path):
     training.run(config, workdir)
     plots = os.path.join(workdir, "plots")
     _check_pngs(plots)
-    assert np.load(os.path.join(plots, probe.INIT_KERNEL)).shape == (3, 3, 1, 16)
+    assert np.load(os.path.join(plots, plot_data.INIT_KERNEL)).shape == (3, 3, 1, 16)
 
 
 def test_confusion_matrix_of_1000_classes_stays_a_bounded_picture(tmp_path):

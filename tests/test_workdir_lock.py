@@ -10,7 +10,7 @@ import pytest
 from cnnjax import sweep, training
 from cnnjax.errors import ConfigError, WorkdirLocked
 from cnnjax.workdir import LOCK_FILE, WorkdirLock
-from tests.helpers import snapshot, tiny_config
+from tests.helpers import command, snapshot, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = ("import sys, time\n"
@@ -71,7 +71,7 @@ def test_abandon_leaves_no_trace(tmp_path):
 
 
 def test_a_second_launch_on_a_busy_workdir_is_one_line_and_writes_nothing(
-        tmp_path, data_dir, holder, monkeypatch):
+        tmp_path, data_dir, holder, monkeypatch, capsys):
     # A run of launch.py's own config (the default experiment, 4 steps), stopped at step 2,
     # and another launch training in it now.
     from experiments.default import get_config
@@ -83,10 +83,8 @@ def test_a_second_launch_on_a_busy_workdir_is_one_line_and_writes_nothing(
     training.run(config, str(workdir), stop_at_step=2)
     proc = holder(workdir)
     before = snapshot(workdir)
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch.py"), f"--workdir={workdir}",
-         "--config.train.num_steps=4", "--config.train.plots=False"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, env=os.environ)
+    result = command(capsys, f"--workdir={workdir}", "--config.train.num_steps=4",
+                     "--config.train.plots=False")
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: workdir {workdir} is in use by process {proc.pid} on ")
@@ -106,6 +104,7 @@ def test_a_sweep_skips_the_points_another_launch_holds(tmp_path, data_dir, holde
     assert out.count("training cnn") == 2
 
 
+@pytest.mark.e2e
 def test_two_sweep_launches_over_one_grid_train_each_point_once(tmp_path, data_dir):
     root = tmp_path / "grid"
     args = [sys.executable, os.path.join(ROOT, "launch.py"), "--sweep=seed=0,1,2,3",

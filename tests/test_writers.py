@@ -2,14 +2,11 @@
 in from a config file, is told exactly what metrics.jsonl records."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 from cnnjax import metrics, tensorboard
+from tests.helpers import command
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_OVERRIDES = ["--config.train.num_steps=4", "--config.train.plots=False",
                   "--config.model.features=(8,16)", "--config.model.dense=(32,)"]
 
@@ -52,15 +49,14 @@ def get_config():
 '''
 
 
-def test_a_writer_from_a_config_file_gets_what_metrics_jsonl_records(tmp_path, data_dir):
+def test_a_writer_from_a_config_file_gets_what_metrics_jsonl_records(tmp_path, data_dir,
+                                                                    capsys):
     config_file = tmp_path / "with_writer.py"
     config_file.write_text(textwrap.dedent(CONFIG_FILE))
     workdir = tmp_path / "w"
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={config_file}",
-         f"--workdir={workdir}", "--config.train.log_every_steps=2", *TINY_OVERRIDES],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-        env={**os.environ, "TFDS_DATA_DIR": data_dir})
+    result = command(capsys, f"--config={config_file}", f"--workdir={workdir}",
+                     "--config.train.log_every_steps=2", *TINY_OVERRIDES,
+                     env={"TFDS_DATA_DIR": data_dir})
     assert result.returncode == 0, result.stderr[-3000:]
     calls = [json.loads(line) for line in open(workdir / "calls.jsonl")]
     recorded = metrics.read_jsonl(str(workdir / "metrics.jsonl"))

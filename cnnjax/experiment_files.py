@@ -1,4 +1,6 @@
-"""Experiment config files by name: ``--config=mnist_cnn``, ``configs.load("default:mlp")``.
+"""Experiment config files, found by name: ``--config=mnist_cnn``,
+``experiment_files.load("default:mlp")``. (``cnnjax.config`` holds what a config contains:
+its defaults and their validation.)
 
 The files of ``experiments/`` ship inside the package (as ``cnnjax/experiments``), so a name
 finds them both in a clone and in an installed wheel; a path to any config file works too.
