@@ -9,7 +9,9 @@ A checkpoint at step ``s`` holds two items:
 
 Saves are asynchronous: training continues while the arrays are written. Orbax writes into a
 temporary directory and renames it when complete, so ``latest_step`` never names a partial
-checkpoint.
+checkpoint. A save that cannot be written (a full disk) raises ``errors.WriteError`` naming
+its step, wherever Orbax reports it (the next save, ``wait`` or ``close``), once its temporary
+directory is removed; the checkpoints committed before it are left as they are.
 
 ``BestCheckpoint`` keeps the state with the best ``train.best_metric`` in ``W/best_checkpoint``
 (its own Orbax manager holding one checkpoint) and names it in ``W/best.json``. The regular
@@ -19,7 +21,9 @@ checkpoint's progress JSON, so a resumed run compares against the best of the ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import os
 import shutil
 import time
@@ -30,7 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cnnjax import files
+from cnnjax import errors, files
 
 BEST_DIR = "best_checkpoint"
 
@@ -85,10 +89,15 @@ def read_step(directory: str, step: int) -> tuple[Any, dict[str, Any]]:
 class Checkpointer:
     """A thin ``ocp.CheckpointManager`` for ``<workdir>/checkpoints``."""
 
-    def __init__(self, directory: str, keep: int, barrier_prefix: str | None = None):
+    def __init__(self, directory: str, keep: int, barrier_prefix: str | None = None,
+                 what: str = "checkpoint"):
         """``barrier_prefix`` names the multi-process barriers of a second manager that saves
-        the same steps concurrently (the best checkpoint), so that theirs do not collide."""
+        the same steps concurrently (the best checkpoint), so that theirs do not collide;
+        ``what`` names its checkpoints in a ``WriteError``."""
         self.directory = os.path.abspath(directory)
+        self._what = what
+        self._in_flight: int | None = None  # the step of the save not yet known committed
+        self._failed = False
         self._manager = ocp.CheckpointManager(
             self.directory,
             item_handlers=_handlers(),
@@ -105,19 +114,49 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    @property
+    def in_flight(self) -> int | None:
+        """The step of the last save started and not yet waited for (None: none)."""
+        return self._in_flight
+
     def all_steps(self) -> list[int]:
         """The steps of every complete checkpoint, oldest first."""
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
         """Starts an asynchronous save of ``state`` and ``progress`` at ``step``."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
-            ),
-            force=True,
-        )
+        self.wait()  # Orbax would wait for the previous save anyway; its failure is its own
+        self._in_flight = step
+        with self._writing(step):
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
+                ),
+                force=True,
+            )
+
+    @contextlib.contextmanager
+    def _writing(self, step: int):
+        """A failure to write the save of ``step``, raised as a ``WriteError`` naming it once
+        what it wrote is removed."""
+        try:
+            with errors.writing(f"{self._what} step {step} in {self.directory}",
+                                self.directory):
+                yield
+        except errors.WriteError:
+            self._failed, self._in_flight = True, None
+            self.remove_partial()
+            raise
+
+    def remove_partial(self) -> None:
+        """Removes the temporary directories of saves that never completed, as Orbax does
+        at the next launch (``cleanup_tmp_directories``)."""
+        if jax.process_index() != 0:
+            return
+        for path in glob.glob(os.path.join(glob.escape(self.directory),
+                                           "*.orbax-checkpoint-tmp*")):
+            shutil.rmtree(path, ignore_errors=True)
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
         """Restores step ``step`` with the structure, dtypes and shardings of ``like``.
@@ -196,9 +235,17 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until every started save is committed to disk."""
-        self._manager.wait_until_finished()
+        step, self._in_flight = self._in_flight, None
+        if step is not None:
+            with self._writing(step):
+                self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Commits the save in flight, then closes. After a failed save it only returns:
+        Orbax raises that failure again from every wait, and there is nothing to commit."""
+        if self._failed:
+            return
+        self.wait()
         self._manager.close()
 
 
@@ -211,7 +258,8 @@ class BestCheckpoint:
     def __init__(self, workdir: str, metric: str, mode: str, previous: dict | None = None):
         self.workdir, self.metric, self.mode = workdir, metric, mode
         self.record = previous
-        self._ckpt = Checkpointer(os.path.join(workdir, BEST_DIR), keep=1, barrier_prefix="best")
+        self._ckpt = Checkpointer(os.path.join(workdir, BEST_DIR), keep=1, barrier_prefix="best",
+                                  what="best checkpoint")
 
     def improves(self, metrics: dict[str, float]) -> bool:
         if self.metric not in metrics:
@@ -233,6 +281,18 @@ class BestCheckpoint:
         if jax.process_index() == 0:
             files.write_json(os.path.join(self.workdir, "best.json"), self.record)
 
+    def commit_before(self, step: int) -> None:
+        """Commits a save started before ``step``, so that its failure (a full disk) stops the
+        run before a regular checkpoint of ``step``, whose progress names it as the best, is
+        written."""
+        if self._ckpt.in_flight is not None and self._ckpt.in_flight < step:
+            self._ckpt.wait()
+
+    def lost(self, step: int) -> bool:
+        """Whether the best is the state of ``step`` (the checkpoint a run resumes from) but
+        its save did not complete: the run stopped on a full disk before it was committed."""
+        return (self.record is not None and self.record["step"] == step
+                and self._ckpt.latest_step() != step)
+
     def close(self) -> None:
-        self._ckpt.wait()
         self._ckpt.close()

@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags, logging
 
 from cnnjax import experiment_files, overrides, signals
-from cnnjax.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_PREEMPTED, ConfigError
+from cnnjax.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_PREEMPTED, ConfigError, WriteError
 
 USAGE = """cnnjax: trains convolutional networks in JAX/Flax, checkpointed and exactly resumable.
 
@@ -30,6 +30,11 @@ code: launch only files you trust). Relaunching with the same workdir resumes it
 Config sections: {sections}; any field can be overridden from the command line.
 """
 
+
+
+# The libraries' logs without --verbose: none. Their errors are cnnjax's to report, in one line
+# (Orbax logs a failed save at ERROR from each of its threads before cnnjax learns of it).
+QUIET = logging.FATAL
 
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
@@ -175,7 +180,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flags, less the ``--config.a.b=v`` overrides (kept in ``_OVERRIDES``); a bad
     flag is one line and exit status 2, like every other bad input."""
     if "--verbose" not in argv:
-        logging.set_verbosity(logging.ERROR)
+        logging.set_verbosity(QUIET)
     try:
         rest, found = overrides.from_argv(argv[1:])
     except ConfigError as e:
@@ -200,7 +205,10 @@ def main(argv: list[str]) -> int:
             _fail(f"--{flag} is for --mode={'/'.join(modes)}; --mode={_MODE.value} does not "
                   "read it")
     if not _VERBOSE.value:  # cnnjax's own lines only; --verbose shows the libraries' too
-        logging.set_verbosity(logging.ERROR)
+        logging.set_verbosity(QUIET)
+        # Exceptions raised where nothing can catch them: in a library's callbacks (tensorstore
+        # finishing a write after Orbax gave up on a full disk), or at exit; --verbose shows them.
+        sys.unraisablehook = lambda unraisable: None
         warnings.filterwarnings("ignore")
         warnings.filterwarnings("default", module=r"cnnjax\b")
         # Inherited by multiprocessing's resource tracker, which would otherwise report the
@@ -240,6 +248,11 @@ def main(argv: list[str]) -> int:
         if _VERBOSE.value:
             raise
         _fail(str(e))
+    except WriteError as e:  # a file of the run could not be written, a full disk above all
+        if _VERBOSE.value:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED if e.resumable else EXIT_CONFIG
     except OSError as e:  # a path of the workdir or the data that is not what it should be
         if _VERBOSE.value or not e.filename:
             raise

@@ -3,7 +3,9 @@
 Every JSON, CSV and text file that cnnjax writes goes through ``write_atomic``: the content is
 written to a temporary file beside the target (named after this process, so that two writers,
 such as two sweep array tasks, never share one) and renamed over it, which POSIX makes atomic.
-A reader, or a process killed half-way, sees the old file or the new one, never a mix.
+A reader, or a process killed half-way, sees the old file or the new one, never a mix. A
+file that cannot be written (a full disk) raises ``errors.WriteError`` naming it, and leaves
+the old one in place.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from cnnjax import errors
+
 
 def write_atomic(path: str, text: str) -> None:
     """Replaces the file at ``path`` with ``text`` in one step."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        with errors.writing(path):
+            with open(tmp, "w", newline="") as f:
+                f.write(text)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -25,6 +25,7 @@ terminal's lines and progress bar). A writer of your own plugs in from a config 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from cnnjax import files, trackers
+from cnnjax import errors, files, trackers
 from cnnjax.errors import ConfigError
 from cnnjax.progress import ProgressBar
 from cnnjax.tensorboard import EventWriter
@@ -213,12 +214,15 @@ class Writers:
 
     def __init__(self, spec: str, run: RunInfo):
         self.writers: list[MetricWriter] = []
+        self._where: list[tuple[str, str] | None] = []  # what each writes and where
         names = writer_names(spec)
         names += [name for name in trackers.configured(run.config) if name not in names]
         try:
             for name in names:
+                where = _where(name, run.workdir)
                 try:
-                    self.writers.append(WRITERS[name](run))
+                    with _writing(where):
+                        self.writers.append(WRITERS[name](run))
                 except Exception as e:
                     if name not in trackers.EXTRAS:
                         raise
@@ -226,8 +230,10 @@ class Writers:
                                       f"{str(e).strip().splitlines()[0] if str(e).strip() else e}"
                                       f"); check its settings in --config.logging.{name}.*, "
                                       "or log offline") from e
+                self._where.append(where)
         except BaseException:
-            self.close()
+            with contextlib.suppress(Exception):  # the error that stopped it is the one to see
+                self.close()
             raise
         self._on_step = [w.on_step for w in self.writers if hasattr(w, "on_step")]
 
@@ -235,27 +241,54 @@ class Writers:
         for on_step in self._on_step:
             on_step(step, metrics)
 
+    def _each(self, method: str, *args: Any) -> None:
+        """Calls ``method`` of every writer that has it; a failure to write its files (a full
+        disk) is a ``WriteError`` naming them. ``close`` closes every writer whatever one
+        raises, then raises the first error."""
+        first = None
+        for w, where in zip(self.writers, self._where, strict=True):
+            if (call := getattr(w, method, None)) is None:
+                continue
+            try:
+                with _writing(where):
+                    call(*args)
+            except Exception as e:
+                if method != "close":
+                    raise
+                first = first or e
+        if first is not None:
+            raise first
+
     def write_scalars(self, step: int, values: dict[str, float]) -> None:
-        for w in self.writers:
-            w.write_scalars(step, values)
+        self._each("write_scalars", step, values)
 
     def write_hparams(self, config: dict[str, Any]) -> None:
-        for w in self.writers:
-            w.write_hparams(config)
+        self._each("write_hparams", config)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        for w in self.writers:
-            if hasattr(w, "write_summary"):
-                w.write_summary(summary)
+        self._each("write_summary", summary)
 
     def write_images(self, step: int, images: dict[str, str]) -> None:
-        for w in self.writers:
-            if hasattr(w, "write_images"):
-                w.write_images(step, images)
+        self._each("write_images", step, images)
 
     def close(self) -> None:
-        for w in self.writers:
-            w.close()
+        self._each("close")
+
+
+def _where(name: str, workdir: str) -> tuple[str, str] | None:
+    """What writer ``name`` writes in the workdir, and where, for a ``WriteError`` (None for
+    the terminal and the trackers, whose failures are their services')."""
+    if name == "progress" or name in trackers.EXTRAS:
+        return None
+    if name == "jsonl":
+        return metrics_path(workdir), workdir
+    if name == "tensorboard":
+        return os.path.join(workdir, "tensorboard"), workdir
+    return f"the {name} metrics in {workdir}", workdir
+
+
+def _writing(where: tuple[str, str] | None) -> contextlib.AbstractContextManager:
+    return errors.writing(*where) if where else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------ reading

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from cnnjax import data as data_lib
-from cnnjax import evaluate, metrics, models, parallel, steps, viz
+from cnnjax import errors, evaluate, metrics, models, parallel, steps, viz
 
 INIT_KERNEL = "first_conv_init.npy"  # the first conv's kernel at step 0, saved at the start
 
@@ -100,8 +100,10 @@ def save_initial_kernel(plots_dir: str, model: nn.Module, params: dict, image_sh
     """Keeps the step-0 first-conv kernel for ``first_conv_filters.png`` at the end."""
     kernel = first_conv_kernel(model, params, image_shape)
     if kernel is not None:
-        os.makedirs(plots_dir, exist_ok=True)
-        np.save(os.path.join(plots_dir, INIT_KERNEL), kernel)
+        path = os.path.join(plots_dir, INIT_KERNEL)
+        with errors.writing(path):
+            os.makedirs(plots_dir, exist_ok=True)
+            np.save(path, kernel)
 
 
 def stages(finished: list) -> list[tuple[str, np.ndarray]]:
@@ -152,7 +154,10 @@ def write_plots(plots_dir: str, config, variables: dict, data: data_lib.Data, me
     """Computes and draws every picture of checkpoint ``step`` (every process calls it);
     returns the PNG paths."""
     shown = pictures(config, variables, data, mesh, step, records, init_dir or plots_dir)
-    return [] if shown is None else viz.write_plots(plots_dir, shown)
+    if shown is None:
+        return []
+    with errors.writing(f"the plots in {plots_dir}", plots_dir):
+        return viz.write_plots(plots_dir, shown)
 
 
 def initial_kernel(plots_dir: str, config, image_shape, num_classes: int) -> np.ndarray | None:

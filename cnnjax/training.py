@@ -25,10 +25,10 @@ import ml_collections
 
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
-from cnnjax import files, models, optim, parallel, plot_data, signals, steps, transfer
+from cnnjax import errors, files, models, optim, parallel, plot_data, signals, steps, transfer
 from cnnjax import metrics as metrics_lib
 from cnnjax import workdir as workdir_lib
-from cnnjax.checkpoint import BestCheckpoint, Checkpointer
+from cnnjax.checkpoint import BestCheckpoint, Checkpointer, complete_steps
 from cnnjax.preemption import PreemptionGuard
 from cnnjax.workdir import WorkdirLock
 
@@ -144,7 +144,10 @@ def run(
     ``stop_at_step`` stops early as an interruption would (after saving a checkpoint), for a
     run that a later call resumes. Returns the summary that is also printed. Raises
     ``ConfigError`` before any work for a config that cannot run, ``Preempted`` after saving
-    on SIGTERM/SIGINT, and ``NonFiniteError`` under ``nan_policy='stop'``.
+    on SIGTERM/SIGINT, ``NonFiniteError`` under ``nan_policy='stop'``, and ``WriteError`` when
+    a checkpoint, the metrics or another file of the workdir cannot be written (a full disk),
+    once every save that could complete is committed; its message says where a relaunch
+    resumes from.
     """
     start_time = time.time()
     config_lib.validate(config, jax.device_count())
@@ -160,14 +163,36 @@ def run(
             workdir_lib.check_workdir(config, workdir, allow_config_change)
             if (summary := workdir_lib.finished_summary(config, workdir)) is not None:
                 return _report_finished(summary)
-            job = setup(config, workdir, lock, start_time)
             try:
-                end = job.total_steps if stop_at_step is None else min(stop_at_step,
-                                                                        job.total_steps)
-                return finish(job, end, train_loop(job, end))
-            finally:  # after the summary and the plots, which the writers get too
-                if job.writer:
+                job = setup(config, workdir, lock, start_time)
+                try:
+                    end = job.total_steps if stop_at_step is None else min(stop_at_step,
+                                                                            job.total_steps)
+                    summary = finish(job, end, train_loop(job, end))
+                except BaseException:
+                    _close_quietly(job.writer)
+                    raise
+                if job.writer:  # after the summary and the plots, which the writers get too
                     job.writer.close()
+                return summary
+            except errors.WriteError as e:  # a full disk: say where a relaunch goes on from
+                e.then = _relaunch_note(workdir)
+                raise
+
+
+def _close_quietly(writer: metrics_lib.Writers | None) -> None:
+    """Closes ``writer`` on the way out of an error, which stays the one reported."""
+    if writer:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def _relaunch_note(workdir: str) -> str:
+    """What relaunching the same command does now: resume from the newest checkpoint."""
+    steps_saved = complete_steps(os.path.join(workdir, "checkpoints"))
+    if not steps_saved:
+        return "relaunch the same command to start the run from step 0"
+    return f"relaunch the same command to resume from step {steps_saved[-1]}"
 
 
 def _report_finished(summary: dict[str, Any]) -> dict[str, Any]:
@@ -248,14 +273,21 @@ class Job:
                 "best": self.best.record if self.best else None}
 
     def save(self, done: int) -> None:
+        if self.best:
+            self.best.commit_before(done)
         self.ckpt.save(done, self.state, self.progress(done))
 
     def close(self) -> None:
-        """Commits every started save, also after an error or a preemption."""
-        self.ckpt.wait()
-        self.ckpt.close()
-        if self.best:
-            self.best.close()
+        """Commits every started save, also after an error or a preemption; each manager is
+        closed whatever another raises, and the first error is raised."""
+        first = None
+        for close in (self.ckpt.close, *((self.best.close,) if self.best else ())):
+            try:
+                close()
+            except Exception as e:
+                first = first or e
+        if first is not None:
+            raise first
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | None,
@@ -295,10 +327,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
         writer = metrics_lib.Writers(t.writers, metrics_lib.RunInfo(
             workdir, start_step, total_steps, spe, config.data.batch_size,
             config_lib.to_dict(config)))
-        writer.write_hparams(config_lib.to_dict(config))
-        if t.plots and start_step == 0:  # the filters before training, for the plots
-            plot_data.save_initial_kernel(os.path.join(workdir, "plots"), model, state.params,
-                                    info.image_shape)
+        try:
+            writer.write_hparams(config_lib.to_dict(config))
+            if t.plots and start_step == 0:  # the filters before training, for the plots
+                plot_data.save_initial_kernel(os.path.join(workdir, "plots"), model,
+                                              state.params, info.image_shape)
+        except BaseException:  # a full disk, say: the files are closed, the error reported
+            _close_quietly(writer)
+            raise
     stats = {"mean": info.mean, "std": info.std}
     train_step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
@@ -310,7 +346,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
     _log(f"training {config.model.name} ({num_params:,} params) on {info.name} "
          f"({data.num_train} train / {data.num_eval} test) for {total_steps} steps "
          f"({spe} per epoch) on {jax.device_count()} device(s); workdir {workdir}")
-    return Job(
+    job = Job(
         config=config, workdir=workdir, data=data, mesh=mesh, state=state,
         num_params=int(num_params),
         train_step=train_step, eval_step=steps.make_eval_step(mesh, model=model, **stats),
@@ -320,6 +356,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
         eval_every={-1: spe, 0: total_steps}.get(t.eval_every_steps, t.eval_every_steps),
         pending=pending, start_time=start_time, loop_start=time.time(),
         window=(start_step, time.time()))
+    if job.best and job.best.lost(start_step):  # the state resumed is the best: save it again
+        job.best.save(job.state, job.progress(start_step))
+    return job
 
 
 def train_loop(job: Job, end: int) -> dict[str, float]:

@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from cnnjax import config as config_lib
-from cnnjax import files
+from cnnjax import errors, files
 from cnnjax.errors import ConfigError, WorkdirLocked
 
 LOCK_FILE = "lock"
@@ -221,10 +221,14 @@ def read_summary(workdir: str) -> dict[str, Any] | None:
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Creates ``workdir`` and records the resolved config (atomically)."""
+    path = os.path.join(workdir, "config.json")
     try:
-        os.makedirs(workdir, exist_ok=True)
-        files.write_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
-    except OSError as e:
+        with errors.writing(path):
+            os.makedirs(workdir, exist_ok=True)
+            files.write_atomic(path, config_lib.to_json(config))
+    except errors.WriteError as e:
+        if e.resumable:  # a full disk: free space and relaunch
+            raise
         raise ConfigError(
             f"workdir {workdir} is not writable ({e.strerror}); pass a writable --workdir"
         ) from None

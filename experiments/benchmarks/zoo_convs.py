@@ -6,7 +6,7 @@ Every distinct convolution of each model's training forward pass (batch 32, 64x6
 the zoo benchmark; shapes read from its jaxpr) is timed alone, as ``lax.conv_general_dilated``
 and as :func:`cnnjax.models.layers.conv_formulation` picks it on this backend: forward pass,
 input gradient and kernel gradient, each a jitted program compiled as the step is, best of
-``--repeats`` after a warm-up. A line per shape that either takes 3 ms or more or has a
+``--repeats`` after a warm-up. A line per shape that either takes ``--min_ms`` or more or has a
 formulation of its own, with the largest relative difference of the output and both gradients
 against lax's; then the totals, each shape weighted by how often the model has it.
 """
@@ -46,7 +46,7 @@ def _differences(ref, fast, x, w) -> list[float]:
 
 
 def measure(name: str, *, batch_size: int = 32, image_size: int = 64, repeats: int = 5,
-            seen: dict | None = None) -> tuple[float, float]:
+            min_ms: float = 3.0, seen: dict | None = None) -> tuple[float, float]:
     """Prints the lines of model ``name``; returns its totals in ms (lax, cnnjax)."""
     options = parallel.compiler_options(parallel.make_mesh(jax.local_devices()[:1]))
     model = models.get_model(name, num_classes=1000, conv_impl="xla")
@@ -67,7 +67,7 @@ def measure(name: str, *, batch_size: int = 32, image_size: int = 64, repeats: i
             seen[key] = plain, chosen, _differences(ref, fast, x, w) if fast else []
         plain, chosen, diffs = seen[key]
         totals += s["count"] * np.array([sum(plain), sum(chosen)])
-        if sum(plain) >= 3 or fast:
+        if sum(plain) >= min_ms or fast:
             what = fast.func.__name__.strip("_") if fast else "lax"
             print(f"{name:18s} x{s['x']} w{s['w']} s{list(strides)} g{groups} x{s['count']}: "
                   f"lax {plain[0]:7.2f} {plain[1]:7.2f} {plain[2]:7.2f} | {what:9s} "
@@ -84,12 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--min_ms", type=float, default=3.0,
+                   help="print the shapes whose three programs take this long or longer")
     args = p.parse_args(argv)
     print("per shape, ms: forward, input grad, kernel grad; then the relative differences")
     seen: dict = {}
     for name in args.models:
         measure(name, batch_size=args.batch_size, image_size=args.image_size,
-                repeats=args.repeats, seen=seen)
+                repeats=args.repeats, min_ms=args.min_ms, seen=seen)
 
 
 if __name__ == "__main__":
