@@ -193,15 +193,20 @@ def conv_general_dilated(path: str) -> Callable:
 
 
 def substituted(path: str):
-    """A context in which every ``nn.Conv`` applied (not initialised) computes with ``path``."""
+    """A context in which every ``nn.Conv`` applied (not initialised) computes with ``path``,
+    in place of lax or of :func:`cnnjax.models.layers.conv_general_dilated`."""
     import flax.linen as nn
 
+    from cnnjax.models import layers
+
     fn = conv_general_dilated(path)
+    replaceable = (None, layers.conv_general_dilated)  # plain, or the models' own formulations
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         if (path != "xla" and context.method_name == "__call__" and isinstance(module, nn.Conv)
-                and module.conv_general_dilated is None and module.conv_general_dilated_cls is None
+                and module.conv_general_dilated in replaceable
+                and module.conv_general_dilated_cls is None
                 and not module.is_initializing()):
             # This module instance only: linen builds new instances on every apply.
             object.__setattr__(module, "conv_general_dilated", fn)
