@@ -134,6 +134,7 @@ def test_gpu_benchmark_script_runs_and_the_relaunch_loads_the_step_from_the_cach
     assert "== 3." in (tmp_path / "log.txt").read_text()
 
 
+@pytest.mark.e2e
 def test_zoo_benchmark_times_cnnjax_and_torchvision_in_one_process(capsys):
     from experiments.benchmarks import zoo
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from experiments.benchmarks import jpeg_dataset
@@ -34,6 +35,7 @@ def test_the_jpegs_are_imagenet_shaped_and_written_once(tmp_path):
     assert {f.read_bytes() for f in files} >= {record["encoded"]}
 
 
+@pytest.mark.e2e
 def test_the_command_prints_one_row_per_loader_and_worker_count(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "experiments.benchmarks.loaders", f"--dir={tmp_path}",

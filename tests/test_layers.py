@@ -88,18 +88,19 @@ def test_resnet_fast_layers_change_nothing_but_speed():
     fast = models.get_model("resnet18", num_classes=7)
     plain = models.get_model("resnet18", num_classes=7, space_to_depth_stem=False,
                              fused_max_pool=False)
-    variables = fast.init(jax.random.key(5), x)
-    assert jax.tree.structure(variables) == jax.tree.structure(plain.init(jax.random.key(5), x))
+    variables = jax.jit(fast.init)(jax.random.key(5), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        jax.eval_shape(plain.init, jax.random.key(5), x))
 
     def loss(model, params):
         logits, _ = model.apply({**variables, "params": params}, x, train=True,
                                 mutable=["batch_stats"])
         return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
 
-    (_, logits), grads = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(
+    (_, logits), grads = jax.jit(jax.value_and_grad(lambda p: loss(fast, p), has_aux=True))(
         variables["params"])
-    (_, logits_ref), grads_ref = jax.value_and_grad(lambda p: loss(plain, p), has_aux=True)(
-        variables["params"])
+    (_, logits_ref), grads_ref = jax.jit(
+        jax.value_and_grad(lambda p: loss(plain, p), has_aux=True))(variables["params"])
     np.testing.assert_allclose(logits, logits_ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
@@ -119,7 +120,7 @@ def test_in_memory_is_the_identity_in_values_and_gradients():
 
 def _resnet_grad(name, materialize, x):
     model = models.get_model(name, num_classes=5, materialize_on_cpu=materialize)
-    variables = model.init(jax.random.key(1), x)
+    variables = jax.jit(model.init)(jax.random.key(1), x)
 
     def loss(params):
         logits, _ = model.apply({**variables, "params": params}, x, train=True,
@@ -249,8 +250,9 @@ def test_models_train_the_same_with_and_without_the_conv_formulations(name):
     x = jax.random.normal(jax.random.key(3), (4, 64, 64, 3))
     auto = models.get_model(name, num_classes=5)
     plain = models.get_model(name, num_classes=5, conv_impl="xla")
-    variables = auto.init(jax.random.key(4), x)
-    assert jax.tree.structure(variables) == jax.tree.structure(plain.init(jax.random.key(4), x))
+    variables = jax.jit(auto.init)(jax.random.key(4), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        jax.eval_shape(plain.init, jax.random.key(4), x))
 
     def grads(model):
         def loss(params):

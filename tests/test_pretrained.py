@@ -62,7 +62,8 @@ def check_parity(arch, size):
     for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(abstract), strict=True):
         assert got.shape == want.shape and got.dtype == want.dtype
 
-    logits = get_model(arch).apply(variables, jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
+    logits = jax.jit(get_model(arch).apply)(
+        variables, jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
     error = float(np.abs(np.asarray(logits) - expected).max())
     print(f"{arch} {size}x{size}: max |logits| {np.abs(expected).max():.3f}, "
           f"max abs error {error:.2e}")
@@ -214,6 +215,7 @@ def test_command_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys
     assert not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.e2e
 def test_safetensors_weights_convert_without_torch(tmp_path):
     """A .safetensors state_dict (written by safetensors' own torch writer) converts in a
     process where torch cannot be imported; the logits equal torchvision's."""
@@ -235,7 +237,7 @@ def test_safetensors_weights_convert_without_torch(tmp_path):
     images = torch.randn(2, 3, 97, 97)
     with torch.no_grad():
         expected = reference(images).numpy()
-    logits = get_model("mobilenet_v3_small").apply(
+    logits = jax.jit(get_model("mobilenet_v3_small").apply)(
         load_pretrained(out), jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
     assert np.abs(np.asarray(logits) - expected).max() / np.abs(expected).max() < 1e-5
 

@@ -139,7 +139,7 @@ def test_zero_init_residual_zeroes_last_bn_scale_of_each_block(name, last):
     stages = (2, 1, 1, 1)
     for zero in (True, False):
         model = get_model(name, num_classes=10, zero_init_residual=zero, stage_sizes=stages)
-        params = model.init(fast_key(), jnp.zeros((1, 16, 16, 3)))["params"]
+        params = jax.jit(model.init)(fast_key(), jnp.zeros((1, 16, 16, 3)))["params"]
         blocks = sorted(k for k in params if k.startswith("layer"))
         assert blocks == ["layer1_0", "layer1_1", "layer2_0", "layer3_0", "layer4_0"]
         assert np.all(np.asarray(params["bn1"]["scale"]) == 1.0)  # the stem's BN is untouched

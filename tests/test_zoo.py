@@ -109,7 +109,7 @@ def check_parity(arch, sizes):
         with torch.no_grad():
             expected = reference(images).numpy()
         nhwc = jnp.asarray(images.numpy().transpose(0, 2, 3, 1))
-        logits = np.asarray(model.apply(variables, nhwc))
+        logits = np.asarray(jax.jit(model.apply)(variables, nhwc))
         relative = np.abs(logits - expected).max() / np.abs(expected).max()
         print(f"{arch} {size}x{size}: max |logit| {np.abs(expected).max():.3f}, "
               f"relative error {relative:.1e}")
@@ -159,6 +159,7 @@ def test_convnext_drops_whole_residual_branches_in_training_only():
     assert 0.35 < dropped.mean() < 0.65  # 256 examples: a loose bound on a fair coin
 
 
+@pytest.mark.e2e
 def test_the_convnext_fine_tuning_example_runs_from_converted_weights(tmp_path, data_dir):
     """experiments/cifar10_finetune_convnext_tiny.py for two steps on mock CIFAR-10, from a
     converted torchvision ConvNeXt-T: every layer but the head is transferred."""
@@ -213,6 +214,7 @@ def test_training_parts_are_torchvisions(arch):
     assert eps <= {1e-6}
 
 
+@pytest.mark.e2e
 def test_the_efficientnet_probe_example_trains_the_head_alone(tmp_path, data_dir):
     """experiments/cifar10_linear_probe_efficientnet_b0.py for two steps on mock CIFAR-10,
     from converted torchvision weights: the backbone's params and BatchNorm statistics stay
