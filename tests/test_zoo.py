@@ -3,7 +3,7 @@
 Every model's parameter count equals torchvision's, both as published and as torchvision
 builds it. The smallest member of each family matches torchvision's logits at 224x224 and at
 an odd size; the others run with ``python -m pytest -m zoo tests/test_zoo.py`` (heavy compiles,
-left out of the default suite).
+left out of the default suite; CI runs them).
 """
 
 import jax
