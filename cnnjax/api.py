@@ -63,8 +63,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 def load(workdir: str, checkpoint: str = "best", *, ema: bool = False):
     """A trained run's checkpoint (``"best"``, ``"latest"`` or a step number) with the config
     it was trained with: ``.model``, ``.variables``, ``.config``, ``.predict(images)`` (class
-    probabilities) and ``.evaluate()`` (the test split's metrics). ``ema``: its moving average
-    of the weights (``train.ema_decay``) instead.
+    probabilities), ``.evaluate()`` (the test split's metrics), ``.explain(images)`` (Grad-CAM
+    and saliency PNGs) and ``.export(format)`` (a checked StableHLO or ONNX file). ``ema``:
+    load the moving average of the weights (``train.ema_decay``) instead.
 
     >>> run = cnnjax.load(workdir)
     >>> run.step, sorted(run.variables)
@@ -75,12 +76,12 @@ def load(workdir: str, checkpoint: str = "best", *, ema: bool = False):
     """
     import logging
 
-    from cnnjax import evaluate
+    from cnnjax import evaluate, trained
 
     absl = logging.getLogger("absl")  # Orbax warns that the directory it reads is read-only
     level = absl.level
     absl.setLevel(max(level, logging.ERROR))
     try:
-        return evaluate.load_run(workdir, str(checkpoint), ema)
+        return trained.Run.of(evaluate.load_run(workdir, str(checkpoint), ema))
     finally:
         absl.setLevel(level)

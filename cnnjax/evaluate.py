@@ -42,6 +42,7 @@ class Run:
     step: int
     config: ml_collections.ConfigDict
     variables: dict[str, Any]
+    ema: bool = False  # the variables are the checkpoint's average of the weights
 
     @property
     def info(self) -> data_lib.DatasetInfo:
@@ -61,16 +62,8 @@ class Run:
         info = self.info
         if isinstance(images, (list, tuple)) and images and isinstance(images[0], str):
             images = load_inputs(",".join(images), info.image_shape)[1]
-        images = np.asarray(images)
-        if images.ndim == 3 and info.image_shape[2] == 1:
-            images = images[..., None]
-        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(info.image_shape):
-            raise config_lib.ConfigError(
-                f"images of shape {images.shape} do not fit {info.name}'s "
-                f"{'x'.join(map(str, info.image_shape))}; pass [n, "
-                f"{', '.join(map(str, info.image_shape))}] pixels, or image file paths")
         predict = make_predict(self.model, info.mean, info.std)
-        return np.asarray(predict(self.variables, images.astype(np.uint8)))
+        return np.asarray(predict(self.variables, check_images(images, info)))
 
     def evaluate(self) -> dict[str, Any]:
         """Top-1, top-5, loss, per-class accuracy and confusion matrix on the test split, as
@@ -78,6 +71,19 @@ class Run:
         data = data_lib.build(self.config.data, self.config.seed, jax.process_index(),
                               jax.process_count())
         return evaluate(self.config, self.variables, data, parallel.make_mesh())
+
+
+def test_images(run, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` images of the run's test split and their classes."""
+    data = data_lib.build(run.config.data, run.config.seed, 0, 1)
+    images, labels = [], []
+    for batch in data.eval_batches(max(count, 1)):
+        keep = np.asarray(batch["mask"]) > 0
+        images.append(np.asarray(batch["images"])[keep])
+        labels.append(np.asarray(batch["labels"])[keep])
+        if sum(len(i) for i in images) >= count:
+            break
+    return np.concatenate(images)[:count], np.concatenate(labels)[:count]
 
 
 def resolve_checkpoint(workdir: str, which: str = "latest") -> tuple[str, int]:
@@ -125,7 +131,20 @@ def load_run(workdir: str, which: str = "latest", ema: bool = False) -> Run:
         variables = dict(state["ema"])
     # Completed with the defaults of fields added since it was trained.
     config = ml_collections.ConfigDict(config_lib.complete(progress["config"]))
-    return Run(workdir, which, step, config, variables)
+    return Run(workdir, which, step, config, variables, ema)
+
+
+def check_images(images: Any, info: data_lib.DatasetInfo) -> np.ndarray:
+    """``images`` as uint8 ``[n, h, w, c]`` at the dataset's shape, or a one-line error."""
+    images = np.asarray(images)
+    if images.ndim == 3 and info.image_shape[2] == 1:
+        images = images[..., None]
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(info.image_shape) or not len(images):
+        raise config_lib.ConfigError(
+            f"images of shape {images.shape} do not fit {info.name}'s "
+            f"{'x'.join(map(str, info.image_shape))}; pass [n, "
+            f"{', '.join(map(str, info.image_shape))}] pixels, or image file paths")
+    return images.astype(np.uint8)
 
 
 def make_predict(model, mean: Sequence[float], std: Sequence[float]) -> Callable:

@@ -20,12 +20,12 @@ from typing import Any
 from cnnjax import errors
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Replaces the file at ``path`` with ``text`` in one step."""
+def write_atomic(path: str, text: str | bytes) -> None:
+    """Replaces the file at ``path`` with ``text`` (or bytes) in one step."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with errors.writing(path):
-            with open(tmp, "w", newline="") as f:
+            with (open(tmp, "wb") if isinstance(text, bytes) else open(tmp, "w", newline="")) as f:
                 f.write(text)
             os.replace(tmp, path)
     finally:

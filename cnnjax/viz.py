@@ -3,7 +3,8 @@
 * ``curves.png``: train and test loss and accuracy against the step (from metrics.jsonl);
 * ``first_conv_filters.png``: the first convolution's filters at step 0 and now;
 * ``feature_maps.png``: a test image and the feature maps of each convolution stage;
-* ``confusion_matrix.png``: true against predicted class on the test split.
+* ``confusion_matrix.png``: true against predicted class on the test split;
+* ``explain_<i>.png`` (``--mode=explain``): an image, its Grad-CAM overlay and its saliency.
 
 ``cnnjax.plot_data`` computes what they show; this module only draws (matplotlib, no pyplot).
 """
@@ -163,4 +164,47 @@ def plot_confusion(confusion: np.ndarray, path: str, title: str = "") -> None:
         ax.set_yticks(range(n))
     ax.set(xlabel="predicted class", ylabel="true class",
            title=f"{title}accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} on {cm.sum()} examples")
+    fig.savefig(path)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def write_explanations(plots_dir: str, shown, title: str) -> list[str]:
+    """One ``explain_<i>.png`` per image of ``shown`` (a ``cnnjax.explain.Explanation``)."""
+    os.makedirs(plots_dir, exist_ok=True)
+    written = []
+    for i in range(len(shown.images)):
+        path = os.path.join(plots_dir, f"explain_{i}.png")
+        truth = "" if shown.labels is None else f", true class {int(shown.labels[i])}"
+        plot_explanation(
+            shown.images[i], None if shown.gradcam is None else shown.gradcam[i],
+            shown.saliency[i], path,
+            f"{shown.names[i]}: class {int(shown.predicted[i])} "
+            f"(p={float(shown.probability[i]):.2f}){truth}\n{title}", shown.layer)
+        written.append(path)
+    return written
+
+
+def plot_explanation(image: np.ndarray, gradcam: np.ndarray | None, saliency: np.ndarray,
+                     path: str, title: str, layer: str | None = None) -> None:
+    """The image, its Grad-CAM heat map over it (when there is one), and its saliency."""
+    panels = 3 if gradcam is not None else 2
+    fig = _figure(3.2 * panels, 3.9)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.03, top=0.76, wspace=0.08)
+    axes = np.atleast_1d(fig.subplots(1, panels))
+    shown = _gray(image)
+    cmap = "gray" if shown.ndim == 2 else None
+    axes[0].imshow(shown, cmap=cmap, interpolation="nearest")
+    axes[0].set_title("input", fontsize=9)
+    if gradcam is not None:
+        axes[1].imshow(shown, cmap=cmap, interpolation="nearest")
+        axes[1].imshow(gradcam, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+        axes[1].set_title(f"Grad-CAM ({layer})" if layer else "Grad-CAM", fontsize=9)
+    axes[-1].imshow(saliency, cmap="hot", vmin=0, vmax=1, interpolation="nearest")
+    axes[-1].set_title("saliency |d logit / d pixel|", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path)
