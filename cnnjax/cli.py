@@ -23,7 +23,7 @@ USAGE = """cnnjax: trains convolutional networks in JAX/Flax, checkpointed and e
   cnnjax --print_config [--config=...] [--config.<section>.<field>=VALUE ...]
   cnnjax --print_config --config.<section>      a section's fields: value and meaning
   cnnjax --sweep='optimizer.learning_rate=0.1,0.03 seed=0,1' --workdir=W
-  cnnjax --mode=eval|predict|visualize --workdir=W
+  cnnjax --mode=eval|predict|visualize|explain|export --workdir=W   (or: cnnjax export --workdir=W)
 
 Configs by name: {names} (default: default), or the path of any config file (Python, run as
 code: launch only files you trust). Relaunching with the same workdir resumes it.
@@ -41,6 +41,7 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_CONFIG)
 
 
+MODES = ("train", "eval", "predict", "visualize", "explain", "export")
 _OVERRIDES: dict[str, str | None] = {}  # --config.a.b=v, split out of argv by _parse_flags
 _CONFIG = flags.DEFINE_string(
     "config", "default", "A packaged config's name (default, mnist_cnn, ...; see --help) or the "
@@ -63,17 +64,28 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "predict", "visualize"],
+    "mode", "train", list(MODES),
     "train (or resume); or, for the run in --workdir: eval (eval.json), predict "
-    "(predictions.csv for --inputs), visualize (PNGs in W/plots).",
+    "(predictions.csv for --inputs), visualize (PNGs in W/plots), explain (Grad-CAM and "
+    "saliency PNGs in W/plots), export (W/export/step<N>.<format>, checked against the model). "
+    "Also as a word: cnnjax export --workdir=W.",
 )
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "latest", "eval/predict/visualize: 'latest', 'best' or a step number."
+    "checkpoint", "latest", "eval/predict/visualize/explain/export: 'latest', 'best' or a step "
+    "number."
 )
 _EMA = flags.DEFINE_bool(
-    "ema", False, "eval/predict/visualize: the checkpoint's average of the weights "
-    "(train.ema_decay) instead of the weights.")
-_INPUTS = flags.DEFINE_string("inputs", None, "predict: image files a.png,b.png or one x.npz.")
+    "ema", False, "eval/predict/visualize/explain/export: the checkpoint's average of the "
+    "weights (train.ema_decay) instead of the weights.")
+_INPUTS = flags.DEFINE_string(
+    "inputs", None, "predict, explain: image files a.png,b.png or one x.npz (explain: default, "
+    "the first 8 test images).")
+flags.DEFINE_alias("images", "inputs")
+_FORMAT = flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "onnx"],
+                            "export: StableHLO (jax.export) or ONNX (the [export] extra).")
+_TOLERANCE = flags.DEFINE_float(
+    "tolerance", 1e-5, "export: the largest difference of the exported logits from the "
+    "model's, relative to the largest logit, on 32 test images; over it nothing is written.")
 _SWEEP = flags.DEFINE_string(
     "sweep", None, "A grid of overrides, e.g. 'optimizer.learning_rate=0.1,0.01 seed=0,1,2'; "
     "each point trains in <workdir>/<its overrides>. Default: get_sweep() of the config file.",
@@ -152,7 +164,7 @@ def _sweep_points(config):
 
 
 def _use_run(mode: str) -> None:
-    """--mode=eval/predict/visualize on the run in --workdir."""
+    """--mode=eval/predict/visualize/explain/export on the run in --workdir."""
     from cnnjax import evaluate, plot_data
 
     signals.set_stage(signals.STARTING, f"before --mode={mode} wrote anything")
@@ -164,6 +176,16 @@ def _use_run(mode: str) -> None:
         if not _INPUTS.value:
             _fail("--mode=predict needs --inputs=a.png,b.png or --inputs=x.npz")
         evaluate.run_predict(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value, _EMA.value)
+    elif mode == "explain":
+        from cnnjax import explain
+
+        explain.run_explain(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value, _EMA.value)
+    elif mode == "export":
+        from cnnjax import export
+
+        export.check_request(_FORMAT.value, _TOLERANCE.value)  # before the checkpoint is read
+        run = evaluate.load_run(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
+        print(export.describe(export.export(run, _FORMAT.value, tolerance=_TOLERANCE.value)))
     else:
         plot_data.visualize(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
 
@@ -197,10 +219,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form --name=value")
-    for flag, modes in (("inputs", ("predict",)), ("checkpoint", ("eval", "predict", "visualize")),
-                        ("ema", ("eval", "predict", "visualize"))):
+    words = argv[1:]
+    if words and words[0] in MODES[1:] and (not _MODE.present or _MODE.value == words[0]):
+        flags.FLAGS.mode, words = words[0], words[1:]  # cnnjax export --workdir=W
+    elif words and words[0] in MODES[1:]:
+        _fail(f"{words[0]} and --mode={_MODE.value} ask for two things; give one")
+    if words:
+        _fail(f"unexpected arguments: {' '.join(words)}; flags take the form --name=value "
+              f"(a mode may come first as a word: {', '.join(MODES[1:])})")
+    on_a_run = ("eval", "predict", "visualize", "explain", "export")
+    for flag, modes in (("inputs", ("predict", "explain")), ("checkpoint", on_a_run),
+                        ("ema", on_a_run), ("format", ("export",)), ("tolerance", ("export",))):
         if flags.FLAGS[flag].present and _MODE.value not in modes:
             _fail(f"--{flag} is for --mode={'/'.join(modes)}; --mode={_MODE.value} does not "
                   "read it")

@@ -179,9 +179,10 @@ CASES = [
      "error: unknown config key 'num_step' in --config.train.num_step; did you mean "
      "'num_steps'?"),
     ("inputs_in_train_mode", ["--inputs={F}/a.png"],
-     "error: --inputs is for --mode=predict; --mode=train does not read it"),
+     "error: --inputs is for --mode=predict/explain; --mode=train does not read it"),
     ("ema_in_train_mode", ["--ema"],
-     "error: --ema is for --mode=eval/predict/visualize; --mode=train does not read it"),
+     "error: --ema is for --mode=eval/predict/visualize/explain/export; --mode=train does not "
+     "read it"),
     ("ema_of_a_run_without_one", ["--mode=eval", "--ema"],
      "error: checkpoint {W}/checkpoints/"),
     ("config_variant", ["--config=experiments/default.py:cnnn"],
