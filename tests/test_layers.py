@@ -47,6 +47,21 @@ def test_max_pool_values_and_gradients_equal_nn_max_pool(shape, window, strides,
     np.testing.assert_allclose(jnp.sum(g * tangent), jnp.sum(grad * t), rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape, window, strides, padding", [
+    ((2, 9, 11, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((1, 10, 9, 2), (3, 2), (1, 2), ((2, 0), (1, 1))),
+])
+def test_padded_max_pool_values_and_gradients_equal_nn_max_pool(shape, window, strides,
+                                                                padding):
+    x = jnp.maximum(jnp.round(2 * jax.random.normal(jax.random.key(0), shape)), 0.0)  # ties
+    reference = lambda v: nn.max_pool(v, window, strides=strides, padding=padding)  # noqa: E731
+    pool = lambda v: layers.padded_max_pool(v, window, strides, padding)  # noqa: E731
+    np.testing.assert_array_equal(pool(x), reference(x))
+    g = jax.random.normal(jax.random.key(1), reference(x).shape)
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(pool(v) * g))(x),
+                                  jax.grad(lambda v: jnp.sum(reference(v) * g))(x))
+
+
 def test_max_pool_gradient_has_no_scatter_and_keeps_bfloat16():
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 8), jnp.bfloat16)
     grad = jax.jit(jax.grad(lambda v: jnp.sum(

@@ -84,7 +84,7 @@ class Transition(_Layers):
     def __call__(self, x, train: bool = False):
         x = self.conv(self.norm_relu(x, train, "norm"), self.features, 1, "conv")
         layers.check_halvable(x, "DenseNet", 29)
-        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 class DenseNet(_Layers):
@@ -133,7 +133,7 @@ class DenseNet(_Layers):
         x = jnp.asarray(x, self.dtype)
         x = self.conv(x, self.num_init_features, 7, "features_conv0", strides=2)
         x = self.norm_relu(x, train, "features_norm0")
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = layers.padded_max_pool(x, (3, 3), (2, 2), blocks.pad(1))
         for i, depth in enumerate(self.block_config):
             x = DenseBlock(layers=depth, growth=self.growth_rate, bottleneck=self.bn_size,
                            drop=self.drop_rate, **shared,

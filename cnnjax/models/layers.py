@@ -40,6 +40,16 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int] | None 
     return _slice_max(x, tuple(window), strides, tuple(tuple(p) for p in padding))
 
 
+def padded_max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
+                    padding: Sequence[Pair]) -> jax.Array:
+    """``nn.max_pool(x, window, strides, padding)`` as an explicit ``-inf`` pad and an unpadded
+    pool: the same values and gradients, in the form that ONNX converters read (jax2onnx
+    0.17.1 gives a padded max-pool the wrong output size)."""
+    pads = ((0, 0), *(tuple(p) for p in padding), (0, 0))
+    x = jnp.pad(x, pads, constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding="VALID")
+
+
 def _slices(x, window, strides):
     """The window's ``kh * kw`` strided views of the (already padded) ``x``, row-major."""
     (kh, kw), (sh, sw) = window, strides

@@ -154,7 +154,7 @@ class ResNet(nn.Module):
             x = blocks.conv(64, 7, strides=2, dtype=self.dtype, name="conv1")(x)
         x = blocks.batch_norm(train, axis_name=self.axis_name, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
-        pool = layers.max_pool if self.fused_max_pool else nn.max_pool
+        pool = layers.max_pool if self.fused_max_pool else layers.padded_max_pool
         x = pool(x, (3, 3), strides=(2, 2), padding=blocks.pad(1))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):

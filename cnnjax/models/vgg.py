@@ -75,7 +75,7 @@ class VGG(nn.Module):
         for width in CONFIGS[self.cfg]:
             if width == "M":
                 layers.check_halvable(x, "VGG", 32)
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
                 index += 1
                 continue
             x = blocks.conv(width, 3, use_bias=True, dtype=self.dtype,
