@@ -142,3 +142,39 @@ def test_bad_export_inputs_are_one_line_and_write_nothing(tiny_run, capsys, tmp_
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
     assert message in result.stderr, result.stderr
     assert snapshot(workdir) == before
+
+
+# ONNX needs the export extra and jax2onnx (docs/deploy.md), which .ci/run installs and then
+# runs these (-m onnx); the bare suite leaves them out.
+@pytest.mark.onnx
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "densenet121"])
+def test_onnx_files_give_the_models_logits(arch):
+    side = 32
+    model = get_model(arch, num_classes=10)
+    variables = _with_random_statistics(model, side)
+    info = DatasetInfo("random", 10, (side, side, 3), (120.0, 115.0, 100.0), (60.0, 62.0, 64.0))
+    images = np.random.default_rng(1).integers(0, 256, (4, side, side, 3)).astype(np.uint8)
+    blob, difference, _ = export.convert(model, variables, info, images, "onnx")
+    assert difference <= 1e-5
+    assert np.abs(export.run_onnx(blob, images[:1]) - export.run_onnx(blob, images)[:1]).max() \
+        < 1e-4  # the batch is symbolic
+
+
+@pytest.mark.onnx
+def test_an_onnx_export_jax2onnx_cannot_write_is_one_line_and_writes_nothing(
+        tiny_run, capsys):  # noqa: F811
+    # jax2onnx 0.17.1 cannot give the CNN's fused max-pool a symbolic batch (docs/deploy.md)
+    workdir = tiny_run[0]
+    before = snapshot(workdir)
+    result = command(capsys, "export", f"--workdir={workdir}", "--format=onnx")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cnn cannot be exported as onnx (")
+    assert result.stderr.endswith("; nothing was written\n") and result.stderr.count("\n") == 1
+    assert snapshot(workdir) == before
+    # and onnxruntime refuses the graph it writes for a residual family
+    model = get_model("resnet18", num_classes=10)
+    info = DatasetInfo("random", 10, (32, 32, 3), (120.0,) * 3, (60.0,) * 3)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(export.ConfigError, match="cannot be exported as onnx .*nothing was "
+                       "written"):
+        export.convert(model, _with_random_statistics(model, 32), info, images, "onnx")
