@@ -85,3 +85,14 @@ def command(capsys, *args, env=None, cwd=ROOT):
         compilation_cache.reset_cache()
     out, err = capsys.readouterr()
     return Command(status, out, err)
+
+
+def assert_refused(capsys, workdir, args, message, **fill):
+    """``args`` (``{run}`` is ``workdir``; other ``{names}`` from ``fill``) fail before any
+    work: exit 2, one ``error:`` line holding ``message``, ``workdir`` unchanged."""
+    before = snapshot(workdir)
+    result = command(capsys, *(a.format(run=workdir, **fill) for a in args))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert message in result.stderr, result.stderr
+    assert snapshot(workdir) == before

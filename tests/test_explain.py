@@ -10,7 +10,7 @@ import pytest
 import cnnjax
 from cnnjax import explain, training
 from cnnjax.config import defaults, model_config
-from tests.helpers import command, snapshot
+from tests.helpers import assert_refused, command
 from tests.runs import tiny_run  # noqa: F401
 
 SIDE, SQUARE = 24, 6
@@ -140,11 +140,5 @@ def test_an_mlp_gets_saliency_only(data_dir, tmp_path):
 ])
 def test_bad_explain_inputs_are_one_line_and_write_nothing(tiny_run, capsys, tmp_path,  # noqa: F811
                                                            args, message):
-    workdir = tiny_run[0]
-    fill = {"run": workdir, "empty": str(tmp_path), "missing": str(tmp_path / "none.png")}
-    before = snapshot(workdir)
-    result = command(capsys, *(a.format(**fill) for a in args))
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
-    assert message in result.stderr, result.stderr
-    assert snapshot(workdir) == before
+    assert_refused(capsys, tiny_run[0], args, message, empty=str(tmp_path),
+                   missing=str(tmp_path / "none.png"))

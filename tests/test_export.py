@@ -16,7 +16,7 @@ import cnnjax
 from cnnjax import export
 from cnnjax.data import DatasetInfo
 from cnnjax.models import get_model
-from tests.helpers import command, snapshot
+from tests.helpers import assert_refused, command, snapshot
 from tests.runs import tiny_run  # noqa: F401
 
 
@@ -84,12 +84,17 @@ ZOO = ["mobilenet_v3_small", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "vgg
        "regnet_x_400mf", "regnet_y_400mf"]
 
 
-def _check_family(arch):
-    side = 32
+def _family(arch, side=32):
+    """``(model, variables with random statistics, dataset info, 4 uint8 images)``."""
     model = get_model(arch, num_classes=10)
     variables = _with_random_statistics(model, side)
     info = DatasetInfo("random", 10, (side, side, 3), (120.0, 115.0, 100.0), (60.0, 62.0, 64.0))
     images = np.random.default_rng(1).integers(0, 256, (4, side, side, 3)).astype(np.uint8)
+    return model, variables, info, images
+
+
+def _check_family(arch):
+    model, variables, info, images = _family(arch)
     blob, difference, count = export.convert(model, variables, info, images, "stablehlo")
     print(f"{arch}: {len(blob)} bytes, {count} BatchNorms folded, difference {difference:.1e}")
     assert difference <= 1e-5
@@ -134,14 +139,7 @@ def test_a_file_over_the_tolerance_is_not_written(tiny_run, capsys, monkeypatch)
 def test_bad_export_inputs_are_one_line_and_write_nothing(tiny_run, capsys, tmp_path,  # noqa: F811
                                                           monkeypatch, args, message):
     monkeypatch.setattr(export, "onnx_available", lambda: False)  # a missing extra
-    workdir = tiny_run[0]
-    fill = {"run": workdir, "empty": str(tmp_path)}
-    before = snapshot(workdir)
-    result = command(capsys, *(a.format(**fill) for a in args))
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
-    assert message in result.stderr, result.stderr
-    assert snapshot(workdir) == before
+    assert_refused(capsys, tiny_run[0], args, message, empty=str(tmp_path))
 
 
 # ONNX needs the export extra and jax2onnx (docs/deploy.md), which .ci/run installs and then
@@ -149,11 +147,7 @@ def test_bad_export_inputs_are_one_line_and_write_nothing(tiny_run, capsys, tmp_
 @pytest.mark.onnx
 @pytest.mark.parametrize("arch", ["mobilenet_v3_small", "densenet121"])
 def test_onnx_files_give_the_models_logits(arch):
-    side = 32
-    model = get_model(arch, num_classes=10)
-    variables = _with_random_statistics(model, side)
-    info = DatasetInfo("random", 10, (side, side, 3), (120.0, 115.0, 100.0), (60.0, 62.0, 64.0))
-    images = np.random.default_rng(1).integers(0, 256, (4, side, side, 3)).astype(np.uint8)
+    model, variables, info, images = _family(arch)
     blob, difference, _ = export.convert(model, variables, info, images, "onnx")
     assert difference <= 1e-5
     assert np.abs(export.run_onnx(blob, images[:1]) - export.run_onnx(blob, images)[:1]).max() \
@@ -172,9 +166,6 @@ def test_an_onnx_export_jax2onnx_cannot_write_is_one_line_and_writes_nothing(
     assert result.stderr.endswith("; nothing was written\n") and result.stderr.count("\n") == 1
     assert snapshot(workdir) == before
     # and onnxruntime refuses the graph it writes for a residual family
-    model = get_model("resnet18", num_classes=10)
-    info = DatasetInfo("random", 10, (32, 32, 3), (120.0,) * 3, (60.0,) * 3)
-    images = np.zeros((2, 32, 32, 3), np.uint8)
     with pytest.raises(export.ConfigError, match="cannot be exported as onnx .*nothing was "
                        "written"):
-        export.convert(model, _with_random_statistics(model, 32), info, images, "onnx")
+        export.convert(*_family("resnet18"), "onnx")
