@@ -132,6 +132,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "groups": (_positive_int, "a positive integer"),
     "width_per_group": (_positive_int, "a positive integer"),
     "dropout": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)"),
+    "drop_path_rate": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)"),
     "dtype": (lambda v: str(v) in DTYPES or getattr(v, "__name__", None) in DTYPES,
               f"one of {', '.join(DTYPES)}"),
     "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),

@@ -56,6 +56,7 @@ class CifarBasicBlock(_Layers, nn.Module):
     features: int
     strides: int = 1
     shortcut: str = "A"
+    drop_path: float = 0.0  # this block's stochastic-depth probability
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
@@ -66,6 +67,7 @@ class CifarBasicBlock(_Layers, nn.Module):
         out = nn.relu(self.norm(train, "bn1")(out))
         out = self.conv(self.features, 3, name="conv2")(out)
         out = self.norm(train, "bn2")(out)
+        out = layers.stochastic_depth(self, out, self.drop_path, train)
         residual = x
         in_features = x.shape[-1]
         if self.strides != 1 or in_features != self.features:
@@ -89,6 +91,9 @@ class CifarResNet(_Layers, nn.Module):
       depth: total number of weighted layers, ``6n + 2``.
       shortcut: ``"A"`` (parameter-free: subsample and zero-pad channels) or ``"B"`` (1x1
         convolution + BatchNorm projection where the shape changes, identity elsewhere).
+      drop_path_rate: stochastic depth (timm's name): in training each block's residual
+        branch is dropped per example with a probability rising linearly over the blocks
+        from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
@@ -103,6 +108,7 @@ class CifarResNet(_Layers, nn.Module):
     num_classes: int = 10
     depth: int = 20
     shortcut: str = "A"
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
@@ -129,6 +135,7 @@ class CifarResNet(_Layers, nn.Module):
             for j in range(n):
                 x = CifarBasicBlock(
                     width, strides=2 if i > 0 and j == 0 else 1, shortcut=self.shortcut,
+                    drop_path=layers.block_drop_rate(self.drop_path_rate, i * n + j, 3 * n),
                     dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
                     materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
@@ -152,6 +159,7 @@ class PreActBlock(_Layers, nn.Module):
     features: int
     strides: int = 1
     dropout: float = 0.0
+    drop_path: float = 0.0  # this block's stochastic-depth probability
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
@@ -168,7 +176,7 @@ class PreActBlock(_Layers, nn.Module):
         if self.dropout:
             out = nn.Dropout(self.dropout, deterministic=not train)(out)
         out = self.conv(self.features, 3, name="conv2")(out)
-        return out + residual
+        return layers.stochastic_depth(self, out, self.drop_path, train) + residual
 
 
 class PreActResNet(_Layers, nn.Module):
@@ -177,6 +185,9 @@ class PreActResNet(_Layers, nn.Module):
     Attributes:
       num_classes: number of output logits.
       stage_sizes: blocks in each stage; the stages have 64, 128, 256, 512 channels.
+      drop_path_rate: stochastic depth (timm's name): in training each block's residual
+        branch is dropped per example with a probability rising linearly over the blocks
+        from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
@@ -190,6 +201,7 @@ class PreActResNet(_Layers, nn.Module):
 
     num_classes: int = 10
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
@@ -200,10 +212,13 @@ class PreActResNet(_Layers, nn.Module):
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = self.conv(64, 3, name="conv1")(x)
+        total, done = sum(self.stage_sizes), 0
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
+                drop = layers.block_drop_rate(self.drop_path_rate, done, total)
+                done += 1
                 x = PreActBlock(
-                    64 * 2**i, strides=2 if i > 0 and j == 0 else 1,
+                    64 * 2**i, strides=2 if i > 0 and j == 0 else 1, drop_path=drop,
                     dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
                     materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
@@ -230,6 +245,9 @@ class WideResNet(_Layers, nn.Module):
       widen_factor: the width multiplier k.
       dropout: dropout rate between the two convolutions of each block (0.3 in the paper's
         dropout runs; needs a ``"dropout"`` rng in training when non-zero).
+      drop_path_rate: stochastic depth (timm's name): in training each block's residual
+        branch is dropped per example with a probability rising linearly over the blocks
+        from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       materialize_on_cpu: on CPU, compute each convolution's input into memory first
@@ -245,6 +263,7 @@ class WideResNet(_Layers, nn.Module):
     depth: int = 28
     widen_factor: int = 10
     dropout: float = 0.0
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
@@ -268,7 +287,9 @@ class WideResNet(_Layers, nn.Module):
             for j in range(n):
                 x = PreActBlock(
                     width * self.widen_factor, strides=2 if i > 0 and j == 0 else 1,
-                    dropout=self.dropout, dtype=self.dtype, axis_name=self.axis_name,
+                    dropout=self.dropout,
+                    drop_path=layers.block_drop_rate(self.drop_path_rate, i * n + j, 3 * n),
+                    dtype=self.dtype, axis_name=self.axis_name,
                     name=f"layer{i + 1}_{j}", materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
         x = nn.relu(self.norm(train, "bn_final")(x))

@@ -175,6 +175,12 @@ def stochastic_depth(module: nn.Module, branch: jax.Array, rate: float, train: b
     return branch * mask.astype(branch.dtype) / keep
 
 
+def block_drop_rate(rate: float, index: int, total: int) -> float:
+    """The drop-path probability of block ``index`` (0-based) of ``total``: rising linearly from
+    0 at the first block to ``rate`` at the last, timm's rule (``linspace(0, rate, total)``)."""
+    return rate * index / max(total - 1, 1)
+
+
 def uniform(bound: float):
     """``U(-bound, bound)``: PyTorch's default Linear init, with ``bound = 1/sqrt(fan_in)``."""
 

@@ -53,6 +53,7 @@ class Bottleneck(blocks.ConvNormAct):
     group_width: int = 8
     bottleneck_multiplier: float = 1.0
     se_ratio: float = 0.0
+    drop_path: float = 0.0  # this block's stochastic-depth probability
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -61,11 +62,12 @@ class Bottleneck(blocks.ConvNormAct):
         if x.shape[-1] != self.features or self.strides != 1:
             shortcut = self.conv_bn(x, self.features, 1, train, "proj", strides=self.strides,
                                     act=None)
-        return nn.relu(shortcut + Transform(
+        out = Transform(
             features=self.features, width=width, strides=self.strides,
             groups=width // self.group_width, squeeze=int(round(self.se_ratio * x.shape[-1])),
             bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype,
-            axis_name=self.axis_name, name="f")(x, train))
+            axis_name=self.axis_name, name="f")(x, train)
+        return nn.relu(shortcut + layers.stochastic_depth(self, out, self.drop_path, train))
 
 
 class Transform(blocks.ConvNormAct):
@@ -87,7 +89,8 @@ class Transform(blocks.ConvNormAct):
 
 
 class Stage(blocks.ConvNormAct):
-    """``blocks`` bottlenecks named ``block<index>-<j>``, the first carrying stride 2."""
+    """``blocks`` bottlenecks named ``block<index>-<j>``, the first carrying stride 2;
+    ``drop_paths``: their stochastic-depth probabilities (empty: none)."""
 
     index: int = 1
     features: int = 64
@@ -95,6 +98,7 @@ class Stage(blocks.ConvNormAct):
     group_width: int = 8
     bottleneck_multiplier: float = 1.0
     se_ratio: float = 0.0
+    drop_paths: tuple = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -102,8 +106,9 @@ class Stage(blocks.ConvNormAct):
             x = Bottleneck(features=self.features, strides=2 if j == 0 else 1,
                            group_width=self.group_width,
                            bottleneck_multiplier=self.bottleneck_multiplier,
-                           se_ratio=self.se_ratio, bn_eps=self.bn_eps,
-                           bn_momentum=self.bn_momentum, dtype=self.dtype,
+                           se_ratio=self.se_ratio,
+                           drop_path=self.drop_paths[j] if self.drop_paths else 0.0,
+                           bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype,
                            axis_name=self.axis_name, name=f"block{self.index}-{j}")(x, train)
         return x
 
@@ -112,12 +117,18 @@ class Trunk(blocks.ConvNormAct):
     stages: tuple = ()
     bottleneck_multiplier: float = 1.0
     se_ratio: float = 0.0
+    drop_path_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        total, done = sum(count for _, count, _ in self.stages), 0
         for i, (width, count, group) in enumerate(self.stages):
+            drops = tuple(layers.block_drop_rate(self.drop_path_rate, done + j, total)
+                          for j in range(count)) if self.drop_path_rate else ()
+            done += count
             x = Stage(index=i + 1, features=width, blocks=count, group_width=group,
                       bottleneck_multiplier=self.bottleneck_multiplier, se_ratio=self.se_ratio,
+                      drop_paths=drops,
                       bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype,
                       axis_name=self.axis_name, name=f"block{i + 1}")(x, train)
         return x
@@ -133,6 +144,9 @@ class RegNet(blocks.ConvNormAct):
       se_ratio: squeeze-and-excitation width as a share of a block's input (0: RegNetX;
         0.25: RegNetY).
       stem_width: the stem's channels.
+      drop_path_rate: stochastic depth (timm's name): in training each block's residual
+        branch is dropped per example with a probability rising linearly over the blocks
+        from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       bn_eps, bn_momentum: BatchNorm's epsilon and PyTorch-convention momentum.
@@ -148,6 +162,7 @@ class RegNet(blocks.ConvNormAct):
     bottleneck_multiplier: float = 1.0
     se_ratio: float = 0.25
     stem_width: int = 32
+    drop_path_rate: float = 0.0
     conv_impl: str = "auto"
 
     @classmethod
@@ -169,7 +184,8 @@ class RegNet(blocks.ConvNormAct):
         stages = stage_params(self.depth, self.w_0, self.w_a, self.w_m, self.group_width,
                               self.bottleneck_multiplier)
         x = Trunk(stages=tuple(stages), bottleneck_multiplier=self.bottleneck_multiplier,
-                  se_ratio=self.se_ratio, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum,
+                  se_ratio=self.se_ratio, drop_path_rate=self.drop_path_rate,
+                  bn_eps=self.bn_eps, bn_momentum=self.bn_momentum,
                   dtype=self.dtype, axis_name=self.axis_name, name="trunk_output")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,

@@ -28,6 +28,7 @@ class _Block(nn.Module):
     features: int
     strides: int = 1
     zero_init_residual: bool = False
+    drop_path: float = 0.0  # this block's stochastic-depth probability
     dtype: Any = jnp.float32
     axis_name: str | None = None
     materialize_on_cpu: bool = True
@@ -59,6 +60,7 @@ class BasicBlock(_Block):
         out = nn.relu(self.norm(train, "bn1")(out))
         out = self.conv(self.features, 3, name="conv2")(out)
         out = self.norm(train, "bn2", zero=self.zero_init_residual)(out)
+        out = layers.stochastic_depth(self, out, self.drop_path, train)
         return nn.relu(out + self.shortcut(x, self.features, train))
 
 
@@ -84,6 +86,7 @@ class Bottleneck(_Block):
         out = nn.relu(self.norm(train, "bn2")(out))
         out = self.conv(out_features, 1, name="conv3")(out)
         out = self.norm(train, "bn3", zero=self.zero_init_residual)(out)
+        out = layers.stochastic_depth(self, out, self.drop_path, train)
         return nn.relu(out + self.shortcut(x, out_features, train))
 
 
@@ -101,6 +104,9 @@ class ResNet(nn.Module):
         ResNet; torchvision's arguments of the same names). ``basic`` takes only 1 and 64.
       zero_init_residual: start the last BatchNorm scale of every block at zero, so each
         residual branch begins as the identity (Goyal et al. 2017; torchvision's flag).
+      drop_path_rate: stochastic depth (timm's name): in training each block's residual
+        branch is dropped per example with a probability rising linearly over the blocks
+        from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       space_to_depth_stem: compute the 7x7/2 stem on 2x2 pixel blocks
@@ -121,6 +127,7 @@ class ResNet(nn.Module):
     groups: int = 1
     width_per_group: int = 64
     zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
     space_to_depth_stem: bool = True
@@ -139,8 +146,10 @@ class ResNet(nn.Module):
     @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         block_cls = BLOCKS[self.block] if isinstance(self.block, str) else self.block
-        extra = ({"materialize_on_cpu": self.materialize_on_cpu}
-                 if isinstance(block_cls, type) and issubclass(block_cls, _Block) else {})
+        own = isinstance(block_cls, type) and issubclass(block_cls, _Block)
+        extra = {"materialize_on_cpu": self.materialize_on_cpu} if own else {}
+        if self.drop_path_rate and not own:
+            raise ValueError("drop_path_rate needs a block derived from resnet._Block")
         if (self.groups, self.width_per_group) != (1, 64):
             if block_cls is not Bottleneck:
                 raise ValueError("groups and width_per_group need block='bottleneck' (as in "
@@ -156,8 +165,12 @@ class ResNet(nn.Module):
         x = nn.relu(x)
         pool = layers.max_pool if self.fused_max_pool else layers.padded_max_pool
         x = pool(x, (3, 3), strides=(2, 2), padding=blocks.pad(1))
+        total, done = sum(self.stage_sizes), 0
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
+                if self.drop_path_rate:
+                    extra["drop_path"] = layers.block_drop_rate(self.drop_path_rate, done, total)
+                done += 1
                 x = block_cls(
                     features=64 * 2**i,
                     strides=2 if i > 0 and j == 0 else 1,
