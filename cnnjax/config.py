@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cnnjax import metrics, models, optim, trackers
+from cnnjax import losses, metrics, models, optim, trackers
 from cnnjax.errors import ConfigError
 
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
@@ -80,7 +80,12 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "init.exclude": ("", "regex of parameter paths never copied from init.checkpoint"),
     "train.num_epochs": (10.0, "training length in epochs (fractions allowed)"),
     "train.num_steps": (-1, "training length in steps when >= 0 (takes precedence)"),
-    "train.label_smoothing": (0.0, "label smoothing of the cross-entropy"),
+    "train.label_smoothing": (0.0, "label smoothing of the loss's targets"),
+    "train.loss": ("cross_entropy", "the training loss (cnnjax.losses.LOSSES): cross_entropy, "
+                   "or bce (per-class sigmoid, 'ResNet strikes back'); eval_loss is always "
+                   "the cross-entropy"),
+    "train.bce_target_thresh": (0.0, "bce only: targets above this become 1, the rest 0 "
+                                "(0 = off; 'ResNet strikes back': 0.2)"),
     "train.ema_decay": (0.0, "decay of a moving average of the weights, evaluated beside them "
                         "(eval_ema_*; 0 = none)"),
     "train.nan_policy": ("stop", "a non-finite loss or gradient: stop (naming the step, the state "
@@ -263,6 +268,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.num_epochs": (lambda v: v >= 0, ">= 0"),
     "train.num_steps": (lambda v: v == -1 or v > 0, "> 0, or -1 to count in num_epochs"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.bce_target_thresh": (lambda v: 0 <= v < 1, "in [0, 1) (0 = no threshold)"),
     "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 keeps no average)"),
     "train.log_every_steps": (lambda v: v > 0, "> 0"),
     "train.eval_every_steps": (lambda v: v >= -1,
@@ -283,11 +289,13 @@ CHOICES: dict[str, Any] = {
     "optimizer.name": optim.OPTIMIZERS,  # the tables themselves: an entry added at run time
     "optimizer.schedule": optim.SCHEDULES,  # (from a config file, say) is a valid choice
     "train.nan_policy": NAN_POLICIES,
+    "train.loss": losses.LOSSES,
     "train.best_metric": BEST_METRICS,
     "train.best_mode": ("max", "min"),
     "data.loader": LOADERS,
 }
-_CHOICE_WORDS = {"optimizer.name": "optimizer", "optimizer.schedule": "schedule"}
+_CHOICE_WORDS = {"optimizer.name": "optimizer", "optimizer.schedule": "schedule",
+                 "train.loss": "loss"}
 
 
 def _check_values(flat: dict[str, Any], config: dict[str, Any]) -> None:

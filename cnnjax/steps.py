@@ -20,7 +20,7 @@ from flax import struct
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from cnnjax import parallel
+from cnnjax import losses, parallel
 from cnnjax.data.augment import augment, mix, soft_targets
 
 P = PartitionSpec
@@ -119,14 +119,6 @@ def init_state(
         state)
 
 
-def _cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
-    """``labels``: ``[b]`` class indices, or ``[b, num_classes]`` soft targets (mixup/cutmix)."""
-    targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
 def train_step_per_device(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -136,7 +128,7 @@ def train_step_per_device(
     schedule: optax.Schedule,
     mean: Sequence[float],
     std: Sequence[float],
-    label_smoothing: float = 0.0,
+    train_loss: losses.Loss = losses.cross_entropy,
     crop_padding: int = 0,
     flip: bool = False,
     skip_nonfinite: bool = False,
@@ -147,6 +139,7 @@ def train_step_per_device(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on this device's shard ``batch`` (``images`` uint8, ``labels`` int32).
 
+    ``train_loss``: the per-example training loss (:mod:`cnnjax.losses`, its options bound).
     ``metrics["nonfinite"]`` is 1 when the loss or a gradient is not finite; with
     ``skip_nonfinite`` such an update is dropped (params, batch stats and optimizer state stay
     as they were, as ``optax.apply_if_finite`` does) while the step counter still advances.
@@ -178,7 +171,7 @@ def train_step_per_device(
             mutable=["batch_stats"], rngs={"dropout": dropout_key},
         )
         targets = soft_targets(labels, lam, partner, logits.shape[-1]) if mixing else labels
-        loss = _cross_entropy(logits, targets, logits.shape[-1], label_smoothing).mean()
+        loss = train_loss(logits, targets).mean()
         return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -228,7 +221,7 @@ def eval_step_per_device(
     """Sums (not means) of loss and correct predictions over the real (mask=1) examples."""
     logits = model.apply(state.variables, normalize(batch["images"], mean, std), train=False)
     labels, mask = batch["labels"], batch["mask"]
-    loss = _cross_entropy(logits, labels, logits.shape[-1], 0.0)
+    loss = losses.cross_entropy(logits, labels)  # whatever the training loss: comparable
     top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
     sums = {
         "loss": jnp.sum(loss * mask),

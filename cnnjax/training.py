@@ -29,6 +29,7 @@ from cnnjax import errors, files, models, optim, parallel, plot_data, signals, s
 from cnnjax import metrics as metrics_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.checkpoint import BestCheckpoint, Checkpointer, complete_steps
+from cnnjax.losses import from_config as make_loss
 from cnnjax.preemption import PreemptionGuard
 from cnnjax.workdir import WorkdirLock
 
@@ -338,7 +339,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
     stats = {"mean": info.mean, "std": info.std}
     train_step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule,
-        label_smoothing=t.label_smoothing, skip_nonfinite=t.nan_policy == "skip",
+        train_loss=make_loss(t), skip_nonfinite=t.nan_policy == "skip",
         frozen_batch_stats=config.optimizer.freeze_backbone, ema_decay=t.ema_decay,
         **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
     )

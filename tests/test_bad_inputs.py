@@ -196,6 +196,10 @@ CASES = [
     ("learning_rate_inf", ["--config.optimizer.learning_rate=inf"],
      "error: optimizer.learning_rate must be a finite number, got inf"),
     ("dtype", ["--config.model.dtype=foo"], "error: model.dtype of 'cnn' must be one of"),
+    ("unknown_loss", ["--config.train.loss=hinge"],
+     "error: unknown loss 'hinge'; choose one of: cross_entropy, bce"),
+    ("bce_target_thresh_one", ["--config.train.loss=bce", "--config.train.bce_target_thresh=1"],
+     "error: train.bce_target_thresh must be in [0, 1) (0 = no threshold), got 1"),
     ("npy_not_npz", ["--config.data.name=npz:{F}/plain.npy"], "error: {F}/plain.npy is not a "
      "readable .npz of arrays"),
     ("npz_damaged", ["--config.data.name=npz:{F}/not.npz"], "error: {F}/not.npz is not a "

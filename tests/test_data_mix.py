@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnjax import config as config_lib
-from cnnjax import data, steps
+from cnnjax import data
 from cnnjax.data import augment
 from cnnjax.data.augment import soft_targets
 
@@ -65,16 +65,6 @@ def test_an_odd_last_example_pairs_with_itself():
     out, _, partner = mix(images, jax.random.key(0), jnp.arange(3), mixup_alpha=0.4)
     assert partner.tolist() == [1, 0, 2]
     np.testing.assert_allclose(out[2], images[2], atol=1e-6)
-
-
-def test_the_loss_takes_soft_targets():
-    logits = jnp.asarray([[2.0, 0.0, -1.0]])
-    hard = steps._cross_entropy(logits, jnp.asarray([0]), 3, 0.1)
-    soft = steps._cross_entropy(logits, jax.nn.one_hot(jnp.asarray([0]), 3), 3, 0.1)
-    np.testing.assert_allclose(hard, soft, rtol=1e-6)
-    half = steps._cross_entropy(logits, jnp.asarray([[0.5, 0.5, 0.0]]), 3, 0.0)
-    expected = -0.5 * (jax.nn.log_softmax(logits)[0, 0] + jax.nn.log_softmax(logits)[0, 1])
-    np.testing.assert_allclose(half[0], expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
