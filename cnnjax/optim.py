@@ -143,11 +143,14 @@ def muon_dimensions(head: str) -> Callable[[Any], Any]:
     """
 
     def dims(params):
-        flat = traverse_util.flatten_dict(params, sep="/")
-        return traverse_util.unflatten_dict({
-            p: (contrib.MuonDimensionNumbers(tuple(range(x.ndim - 1)), x.ndim - 1)
-                if x.ndim >= 2 and not re.search(head, p) else None)
-            for p, x in flat.items()}, sep="/")
+        # A tree map (not a dict flattening): Muon also calls this on its masked trees.
+        def one(path, x):
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            if x.ndim >= 2 and not re.search(head, name):
+                return contrib.MuonDimensionNumbers(tuple(range(x.ndim - 1)), x.ndim - 1)
+            return None
+
+        return jax.tree_util.tree_map_with_path(one, params)
 
     return dims
 
@@ -386,10 +389,12 @@ def eval_params(opt_state: Any, params: Any) -> Any:
     for state in _schedule_free_states(opt_state):
         flat_z = traverse_util.flatten_dict(dict(state.z), sep="/") if state.z else {}
         flat_p = traverse_util.flatten_dict(dict(params), sep="/")
-        # z = y where the state holds nothing: (y - (1 - b1) y) / b1 = y, kept as it is.
+        held = {p: hasattr(flat_z.get(p), "shape") for p in flat_p}
         z = traverse_util.unflatten_dict(
-            {p: (flat_z[p] if hasattr(flat_z.get(p), "shape") else y) for p, y in flat_p.items()},
-            sep="/")
-        params = contrib.schedule_free_eval_params(
-            types.SimpleNamespace(b1=state.b1, z=z), params)
+            {p: flat_z[p] if held[p] else y for p, y in flat_p.items()}, sep="/")
+        average = traverse_util.flatten_dict(dict(contrib.schedule_free_eval_params(
+            types.SimpleNamespace(b1=state.b1, z=z), params)), sep="/")
+        # Parameters the state does not hold (a frozen backbone's) stay exactly as they are.
+        params = traverse_util.unflatten_dict(
+            {p: average[p] if held[p] else y for p, y in flat_p.items()}, sep="/")
     return params
