@@ -287,3 +287,116 @@ def test_layer_decay_scales_each_depth_on_top_of_the_backbone_scale():
         scale = 1.0 if k == "head" else 0.8 * 0.5 ** d
         for a, g in zip(jax.tree.leaves(u[k]), jax.tree.leaves(grads[k]), strict=True):
             np.testing.assert_allclose(a, -0.1 * scale * g, rtol=1e-6)
+
+
+# ------------------------------------------------- SAM and accumulation through the step
+
+
+def _step_setup(**fields):
+    """A BatchNorm-free CNN, its train step on one device (no augmentation) and 8x8 batches."""
+    from cnnjax import models, parallel, steps
+
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model = models.get_model("cnn", num_classes=3, features=(4,), dense=(8,),
+                             axis_name=parallel.AXIS)
+    cfg = _cfg(name="sgd", learning_rate=0.1, momentum=0.0, **fields)
+    schedule = optim.make_schedule(cfg, 10, 100)
+    tx = optim.make_optimizer(cfg, schedule)
+    state = steps.init_state(model, tx, 0, (8, 8, 1), mesh)
+    step = steps.make_train_step(mesh, model=model, tx=tx,
+                                 schedule=optim.step_schedule(cfg, schedule), mean=(100.0,),
+                                 std=(50.0,), sam_rho=cfg.sam_rho)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+    labels = rng.integers(0, 3, 16).astype(np.int32)
+
+    def batch(lo, hi):
+        return parallel.global_batch({"images": images[lo:hi], "labels": labels[lo:hi]}, mesh)
+
+    def loss(params, lo, hi):
+        x = (images[lo:hi].astype(np.float32) - 100.0) / 50.0
+        logits = model.apply({"params": params}, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[lo:hi]).mean()
+
+    return state, step, batch, loss
+
+
+def test_sam_update_is_the_gradient_at_the_perturbed_point():
+    rho = 0.05
+    state, step, batch, loss = _step_setup(sam_rho=rho)
+    params = jax.device_get(state.params)
+    g = jax.grad(loss)(params, 0, 16)
+    norm = optax.global_norm(g)
+    ascent = jax.tree.map(lambda p, gi: p + rho * gi / norm, params, g)
+    expected = jax.tree.map(lambda p, gi: p - 0.1 * gi, params, jax.grad(loss)(ascent, 0, 16))
+    new, _ = step(state, batch(0, 16))
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    plain = jax.tree.map(lambda p, gi: p - 0.1 * gi, params, g)
+    assert not np.allclose(new.params["head"]["kernel"], plain["head"]["kernel"])
+
+
+def test_accumulating_k_batches_equals_one_step_on_a_k_times_larger_batch():
+    state, step, batch, _ = _step_setup(accumulate_steps=4)
+    big_state, big_step, _, _ = _step_setup()
+    before = jax.device_get(state.params)
+    rates = []
+    for i in range(4):
+        state, m = step(state, batch(4 * i, 4 * i + 4))
+        rates.append(float(m["learning_rate"]))
+        if i < 3:  # no update until the fourth batch
+            for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before), strict=True):
+                np.testing.assert_array_equal(a, b)
+    big_state, m = big_step(big_state, batch(0, 16))
+    assert rates == [float(m["learning_rate"])] * 4  # the rate of the update they make
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(big_state.params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(state.params["head"]["kernel"], before["head"]["kernel"])
+
+
+# ------------------------------------------------------------------ through training.run
+
+
+def test_schedule_free_accumulated_run_resumes_exactly_and_evaluates_its_average(tmp_path,
+                                                                                 data_dir):
+    import os
+    import types
+
+    from cnnjax import checkpoint, evaluate, parallel, training
+    from cnnjax import data as data_lib
+    from cnnjax.metrics import read_jsonl
+    from tests.helpers import tiny_config
+
+    config = tiny_config(data_dir, num_steps=8, eval_every_steps=0, checkpoint_every_steps=100,
+                         plots=False)
+    config.optimizer.name, config.optimizer.learning_rate = "schedule_free_adamw", 0.01
+    config.optimizer.accumulate_steps = 2
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    training.run(config, straight)
+    training.run(config, resumed, stop_at_step=5)  # half-way through an accumulation
+    summary = training.run(config, resumed)
+    states = [checkpoint.read_step(os.path.join(w, "checkpoints"), 8)[0]
+              for w in (straight, resumed)]
+    a, b = (jax.tree.leaves(s) for s in states)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)  # bit for bit
+    assert read_jsonl(os.path.join(straight, "metrics.jsonl"))[-1]["eval_accuracy"] \
+        == summary["eval_accuracy"]
+
+    # What evaluation reads is the method's average x = (y - (1 - b1) z) / b1 of the
+    # checkpoint, and the loop's last evaluation was of those weights.
+    state = states[0]
+    inner = state["opt_state"]["inner_opt_state"][-1]
+    expected = optax.contrib.schedule_free_eval_params(
+        types.SimpleNamespace(b1=inner["b1"], z=inner["z"]), state["params"])
+    run = evaluate.load_run(straight)
+    for x, y in zip(jax.tree.leaves(run.variables["params"]), jax.tree.leaves(expected),
+                    strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(run.variables["params"]["head"]["kernel"],
+                           state["params"]["head"]["kernel"])
+    data = data_lib.build(config.data, 0, 0, 1)
+    got = evaluate.eval_metrics(run.config, run.variables, data, parallel.make_mesh())
+    assert got["eval_accuracy"] == summary["eval_accuracy"]
