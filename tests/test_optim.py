@@ -400,3 +400,32 @@ def test_schedule_free_accumulated_run_resumes_exactly_and_evaluates_its_average
     data = data_lib.build(config.data, 0, 0, 1)
     got = evaluate.eval_metrics(run.config, run.variables, data, parallel.make_mesh())
     assert got["eval_accuracy"] == summary["eval_accuracy"]
+
+
+SWEPT = ("sgd", "adamw", "lamb", "lars", "lion", "rmsprop", "muon", "schedule_free_adamw")
+
+
+@pytest.mark.e2e
+def test_launch_sweeps_the_optimizers_over_the_default_experiment(tmp_path, data_dir):
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = str(tmp_path / "optimizers")
+    env = {**os.environ, "TFDS_DATA_DIR": data_dir,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "launch.py"),
+         f"--sweep=optimizer.name={','.join(SWEPT)}", "--config.train.num_steps=6",
+         "--config.train.plots=False", f"--workdir={workdir}"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(workdir, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["optimizer.name"] for r in rows] == list(SWEPT)
+    for r in rows:
+        assert r["status"] == "finished" and r["step"] == "6", r
+        assert 0.0 <= float(r["eval_accuracy"]) <= 1.0 and np.isfinite(float(r["eval_loss"]))
+    assert "8 of 8 points finished" in open(os.path.join(workdir, "results.md")).read()
