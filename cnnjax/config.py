@@ -58,11 +58,14 @@ FIELDS: dict[str, tuple[Any, str]] = {
                           "stopping"),
     "optimizer.name": ("sgd", "the optimizer (cnnjax.optim.OPTIMIZERS)"),
     "optimizer.learning_rate": (0.1, "peak learning rate"),
-    "optimizer.momentum": (0.9, "sgd only"),
-    "optimizer.nesterov": (False, "sgd only: Nesterov momentum"),
-    "optimizer.b1": (0.9, "adam/adamw: first-moment decay"),
-    "optimizer.b2": (0.999, "adam/adamw: second-moment decay"),
-    "optimizer.eps": (1e-8, "adam/adamw: denominator epsilon"),
+    "optimizer.momentum": (0.9, "sgd/lars/rmsprop momentum (0 = none), muon's beta, "
+                           "schedule_free_sgd's b1"),
+    "optimizer.nesterov": (False, "sgd/lars/rmsprop/muon: Nesterov momentum"),
+    "optimizer.b1": (0.9, "adam/adamw/lamb/lion/schedule_free_adamw (and muon's Adam "
+                     "fallback): first-moment decay"),
+    "optimizer.b2": (0.999, "the same: second-moment decay (Lion's paper uses 0.99)"),
+    "optimizer.eps": (1e-8, "adam/adamw/lamb/rmsprop/muon/schedule_free_adamw: denominator "
+                      "epsilon"),
     "optimizer.weight_decay": (0.0, "on kernels only; sgd/adam add it to the gradient (L2), "
                                "adamw decouples it"),
     "optimizer.schedule": ("cosine", "the learning-rate schedule (cnnjax.optim.SCHEDULES)"),
@@ -75,6 +78,35 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "optimizer.freeze_backbone": (False, "train the head alone: a linear probe (the backbone's "
                                   "BatchNorm statistics are frozen too)"),
     "optimizer.backbone_lr_scale": (1.0, "the backbone's learning rate relative to the head's"),
+    "optimizer.layer_decay": (1.0, "layer-wise rate decay for fine-tuning: a backbone block d "
+                              "blocks below the head learns at layer_decay**d of its rate "
+                              "(cnnjax.optim.layer_depths; 1 = off)"),
+    "optimizer.warmup_steps": (0, "linear warm-up from 0 over this many training steps (instead "
+                               "of warmup_epochs; 0 = use warmup_epochs)"),
+    "optimizer.final_lr_fraction": (0.0, "linear/polynomial/cosine_restarts: the rate at the "
+                                    "end of the decay, as a fraction of the peak"),
+    "optimizer.power": (2.0, "polynomial: the exponent of the decay (1 = linear)"),
+    "optimizer.decay_epochs": (1.0, "exponential: the rate is multiplied by decay_factor every "
+                               "this many epochs"),
+    "optimizer.staircase": (False, "exponential: drop in steps at each decay_epochs instead of "
+                            "continuously"),
+    "optimizer.pct_start": (0.3, "onecycle: the share of the run spent rising to the peak"),
+    "optimizer.div_factor": (25.0, "onecycle: the start rate is the peak / div_factor"),
+    "optimizer.final_div_factor": (1e4, "onecycle: the end rate is the start rate / this"),
+    "optimizer.restart_epochs": (10.0, "cosine_restarts: the first cosine period, in epochs"),
+    "optimizer.restart_mult": (1.0, "cosine_restarts: each period is this times the one "
+                               "before"),
+    "optimizer.trust_coefficient": (0.001, "lars: the trust-ratio coefficient"),
+    "optimizer.rms_decay": (0.9, "rmsprop: decay of the mean square"),
+    "optimizer.rms_initial_scale": (0.0, "rmsprop: the mean square's start value (1.0 as "
+                                    "TensorFlow's, for EfficientNet's recipe)"),
+    "optimizer.eps_in_sqrt": (True, "rmsprop: eps inside the square root (TensorFlow's; "
+                              "False = added after it)"),
+    "optimizer.centered": (False, "rmsprop: divide by the centred (variance) estimate"),
+    "optimizer.sam_rho": (0.0, "SAM around the optimizer: the gradient is taken at "
+                          "params + sam_rho * g/||g|| (0 = off; costs a second pass)"),
+    "optimizer.accumulate_steps": (1, "average the gradients of this many steps into one "
+                                   "update (optax.MultiSteps): batch_size * k per update"),
     "init.checkpoint": ("", "start from these weights: a directory of python -m "
                         "cnnjax.models.pretrained, or an earlier run's workdir; '' = scratch"),
     "init.exclude": ("", "regex of parameter paths never copied from init.checkpoint"),
@@ -265,6 +297,21 @@ RANGES: dict[str, tuple[Any, str]] = {
     "optimizer.decay_factor": (lambda v: v >= 0, ">= 0"),
     "optimizer.grad_clip_norm": (lambda v: v >= 0, ">= 0 (0 disables it)"),
     "optimizer.backbone_lr_scale": (lambda v: v >= 0, ">= 0"),
+    "optimizer.layer_decay": (lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
+    "optimizer.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "optimizer.final_lr_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "optimizer.power": (lambda v: v > 0, "> 0"),
+    "optimizer.decay_epochs": (lambda v: v > 0, "> 0"),
+    "optimizer.pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "optimizer.div_factor": (lambda v: v >= 1, ">= 1"),
+    "optimizer.final_div_factor": (lambda v: v >= 1, ">= 1"),
+    "optimizer.restart_epochs": (lambda v: v > 0, "> 0"),
+    "optimizer.restart_mult": (lambda v: v >= 1, ">= 1"),
+    "optimizer.trust_coefficient": (lambda v: v > 0, "> 0"),
+    "optimizer.rms_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.rms_initial_scale": (lambda v: v >= 0, ">= 0"),
+    "optimizer.sam_rho": (lambda v: v >= 0, ">= 0 (0 disables it)"),
+    "optimizer.accumulate_steps": (lambda v: 1 <= v <= 2**20, "in [1, 2**20] (1 = none)"),
     "train.num_epochs": (lambda v: v >= 0, ">= 0"),
     "train.num_steps": (lambda v: v == -1 or v > 0, "> 0, or -1 to count in num_epochs"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -327,11 +374,46 @@ def _check_values(flat: dict[str, Any], config: dict[str, Any]) -> None:
         better = "min" if metric.endswith("_loss") else "max"
         raise ConfigError(f"train.best_metric={metric!r} with train.best_mode={mode!r} keeps "
                           f"the worst checkpoint; pass --config.train.best_mode={better}")
+    _check_optimizer(flat)
     _check_writers(flat["train.writers"], config)
     trackers.check_installed(trackers.configured(config))
     if flat["train.num_steps"] == -1 and flat["train.num_epochs"] == 0:
         raise ConfigError("train.num_epochs=0 trains for no step; pass "
                           "--config.train.num_epochs > 0 (or --config.train.num_steps > 0)")
+
+
+def _check_optimizer(flat: dict[str, Any]) -> None:
+    """The optimizer fields that contradict each other (cnnjax.optim)."""
+    name = flat["optimizer.name"]
+    if flat["optimizer.warmup_steps"] and flat["optimizer.warmup_epochs"]:
+        raise ConfigError(
+            f"optimizer.warmup_steps={flat['optimizer.warmup_steps']} and "
+            f"optimizer.warmup_epochs={flat['optimizer.warmup_epochs']} both set the warm-up; "
+            "pass one of them (the other 0)")
+    if flat["optimizer.sam_rho"] and name in optim.SCHEDULE_FREE:
+        raise ConfigError(
+            f"optimizer.sam_rho={flat['optimizer.sam_rho']} cannot wrap {name}: its gradient "
+            "point is an interpolation its averaged weights rely on; use another optimizer "
+            "or --config.optimizer.sam_rho=0")
+    if name == "lars" and not flat["optimizer.momentum"]:
+        raise ConfigError("optimizer.name=lars needs momentum (its trust-ratio step is "
+                          "momentum SGD); pass --config.optimizer.momentum=0.9")
+    if name == "schedule_free_sgd" and not flat["optimizer.momentum"]:
+        raise ConfigError("optimizer.name=schedule_free_sgd needs its interpolation "
+                          "optimizer.momentum > 0 (b1; 0.9 in the paper); pass "
+                          "--config.optimizer.momentum=0.9")
+    if name == "schedule_free_adamw" and not flat["optimizer.b1"]:
+        raise ConfigError("optimizer.name=schedule_free_adamw needs optimizer.b1 > 0 (its "
+                          "interpolation; 0.9 in the paper)")
+    if name in optim.SCHEDULE_FREE and (flat["optimizer.layer_decay"] != 1
+                                        or flat["optimizer.backbone_lr_scale"] != 1):
+        raise ConfigError(
+            f"optimizer.name={name} averages its own iterates, which a rate scaled per layer "
+            "after it would break; leave optimizer.layer_decay and "
+            "optimizer.backbone_lr_scale at 1 (or freeze the backbone)")
+    if flat["optimizer.layer_decay"] != 1 and flat["optimizer.freeze_backbone"]:
+        raise ConfigError("optimizer.layer_decay scales the rates of a backbone that "
+                          "optimizer.freeze_backbone freezes; pass one of them")
 
 
 def _check_writers(spec: str, config: dict[str, Any]) -> None:

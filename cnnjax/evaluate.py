@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from cnnjax import checkpoint, files, models, parallel, steps
+from cnnjax import checkpoint, files, models, optim, parallel, steps
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
@@ -122,7 +122,9 @@ def load_run(workdir: str, which: str = "latest", ema: bool = False) -> Run:
             f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {reason}); "
             "choose another with --checkpoint=STEP (there are: "
             f"{checkpoint.complete_steps(directory)})") from None
-    variables = steps.variables(state["params"], state.get("batch_stats"))
+    # A schedule-free run is evaluated at its averaged weights, as its training loop was.
+    variables = steps.variables(optim.eval_params(state.get("opt_state"), state["params"]),
+                                state.get("batch_stats"))
     if ema:
         if not state.get("ema"):
             raise config_lib.ConfigError(

@@ -20,7 +20,7 @@ from flax import struct
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from cnnjax import losses, parallel
+from cnnjax import losses, optim, parallel
 from cnnjax.data.augment import augment, mix, soft_targets
 
 P = PartitionSpec
@@ -51,6 +51,11 @@ class TrainState:
     def variables(self) -> dict[str, Any]:
         """The model variables for ``model.apply``: params and, if any, BatchNorm statistics."""
         return variables(self.params, self.batch_stats)
+
+    def with_eval_params(self) -> TrainState:
+        """This state with the params to evaluate (``optim.eval_params``: the schedule-free
+        average; the params themselves for the other optimizers)."""
+        return self.replace(params=optim.eval_params(self.opt_state, self.params))
 
     def with_ema_weights(self) -> TrainState:
         """This state with the EMA variables as its params and batch stats (to evaluate)."""
@@ -136,6 +141,7 @@ def train_step_per_device(
     cutmix_alpha: float = 0.0,
     frozen_batch_stats: bool = False,
     ema_decay: float = 0.0,
+    sam_rho: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on this device's shard ``batch`` (``images`` uint8, ``labels`` int32).
 
@@ -147,6 +153,8 @@ def train_step_per_device(
     statistics, which stay as they are; no dropout): a fixed feature extractor. With
     ``ema_decay`` the state's ``ema`` moves to ``ema_decay * ema + (1 - ema_decay) * new``
     for the new params and batch stats (as torchvision's reference recipes average them).
+    With ``sam_rho`` the update uses SAM's gradient, taken at the perturbed point
+    ``params + sam_rho * g / ||g||`` (a second forward and backward pass).
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     labels = batch["labels"]
@@ -178,6 +186,10 @@ def train_step_per_device(
     # Every device holds the same share of the global batch, so the mean of the per-device
     # means is the global mean: gradients equal a one-device step on the whole batch.
     grads = lax.pmean(grads, parallel.AXIS)
+    if sam_rho:  # SAM: the gradient at params + rho * g / ||g|| (loss, logits and stats: at params)
+        norm = optax.global_norm(grads)
+        ascent = jax.tree.map(lambda p, g: p + sam_rho * g / norm, state.params, grads)
+        grads = lax.pmean(jax.grad(lambda p: loss_fn(p)[0])(ascent), parallel.AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # After the pmean every device sees the same gradients, so all agree on `finite`.

@@ -87,11 +87,17 @@ def check_against_data(config: ml_collections.ConfigDict, data: data_lib.Data,
             f"of {info.name}; pass at most --config.data.crop_padding={min(h, w)}")
     # The step counter, the schedules and the data position are int32 on device.
     for what, count in (("the run", total_steps),
-                        ("optimizer.warmup_epochs", config.optimizer.warmup_epochs * spe)):
+                        ("optimizer.warmup_epochs", config.optimizer.warmup_epochs * spe),
+                        ("optimizer.warmup_steps", config.optimizer.warmup_steps)):
         if count >= 2**31:
             raise config_lib.ConfigError(
                 f"{what} is {count:.3g} steps of {spe} per epoch, more than the step counter "
                 "holds (2**31); train for fewer steps")
+    if config.optimizer.accumulate_steps > total_steps:
+        raise config_lib.ConfigError(
+            f"optimizer.accumulate_steps={config.optimizer.accumulate_steps} is more than the "
+            f"run's {total_steps} steps, which then make no update; pass at most "
+            f"--config.optimizer.accumulate_steps={total_steps}")
     limit = config.data.max_memory_mb * 2**20
     for key in ("batch_size", "eval_batch_size"):
         size = config.data[key] * h * w * info.image_shape[2]  # uint8 pixels on the host
@@ -105,7 +111,7 @@ def check_against_data(config: ml_collections.ConfigDict, data: data_lib.Data,
 def check_head(config: ml_collections.ConfigDict, params: Any) -> None:
     """A frozen or slower backbone needs ``optimizer.head`` to name some parameters."""
     o = config.optimizer
-    if not o.freeze_backbone and o.backbone_lr_scale == 1.0:
+    if not o.freeze_backbone and o.backbone_lr_scale == 1.0 and o.layer_decay == 1.0:
         return
     paths = ["/".join(str(getattr(k, "key", k)) for k in path)
              for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -251,7 +257,8 @@ class Job:
         """Evaluates the state (and its average of the weights, if any); keeps it as the best
         checkpoint when it improves."""
         size = self.config.data.eval_batch_size
-        result = _eval(self.eval_step, self.state, self.data, size, self.mesh)
+        result = _eval(self.eval_step, self.state.with_eval_params(), self.data, size,
+                       self.mesh)
         if self.state.ema:
             ema = _eval(self.eval_step, self.state.with_ema_weights(), self.data, size, self.mesh)
             result.update({k.replace("eval_", "eval_ema_", 1): v for k, v in ema.items()})
@@ -302,7 +309,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
     model = models.from_config(config.model, info.num_classes, axis_name=parallel.AXIS)
     check_input_shape(model, info, config.model.name)
     schedule = optim.make_schedule(config.optimizer, spe, total_steps)
-    tx = optim.make_optimizer(config.optimizer, schedule)
+    depths = (optim.layer_depths(model, info.image_shape, config.optimizer.head)
+              if config.optimizer.layer_decay != 1 else None)
+    tx = optim.make_optimizer(config.optimizer, schedule, depths)
     state = steps.init_state(model, tx, config.seed, info.image_shape, mesh)
     check_head(config, state.params)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
@@ -338,7 +347,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
             raise
     stats = {"mean": info.mean, "std": info.std}
     train_step = steps.make_train_step(
-        mesh, model=model, tx=tx, schedule=schedule,
+        mesh, model=model, tx=tx, schedule=optim.step_schedule(config.optimizer, schedule),
+        sam_rho=config.optimizer.sam_rho,
         train_loss=make_loss(t), skip_nonfinite=t.nan_policy == "skip",
         frozen_batch_stats=config.optimizer.freeze_backbone, ema_decay=t.ema_decay,
         **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
@@ -404,7 +414,8 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
     last_eval = last_eval or metrics_lib.last_eval(records)  # a relaunch that only finishes
     if job.config.train.plots and end == job.total_steps:
         pngs = plot_data.write_plots(os.path.join(job.workdir, "plots"), job.config,
-                                 job.state.variables, job.data, job.mesh, end, records)
+                                 job.state.with_eval_params().variables, job.data, job.mesh,
+                                 end, records)
         if job.writer:
             job.writer.write_images(end, {os.path.splitext(os.path.basename(p))[0]: p
                                           for p in pngs})

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from cnnjax import checkpoint
+from cnnjax import checkpoint, optim
 from cnnjax.errors import ConfigError
 from cnnjax.models.pretrained import load_pretrained
 
@@ -58,7 +58,9 @@ def load_variables(path: str) -> dict[str, Any]:
             directory = os.path.join(path, "checkpoints")
             newest = checkpoint.complete_steps(directory)[-1]
             state, _ = checkpoint.read_step(directory, newest)
-            return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+            # A schedule-free run's weights are its averaged ones (what it evaluated).
+            return {"params": optim.eval_params(state.get("opt_state"), state["params"]),
+                    "batch_stats": state.get("batch_stats") or {}}
         variables = load_pretrained(path)
     except Exception as e:  # noqa: BLE001 -- any unreadable file: one line naming the path
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
