@@ -136,13 +136,13 @@ def changes(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
         if old["images"] != new["images"]:
             found.append(f"{old['images']:,} -> {new['images']:,} images")
         elif old["names"] != new["names"]:
-            found.append(f"the same {new['images']:,} images count under other file names")
+            found.append(f"the same number of images ({new['images']:,}) under other names")
         elif old["sizes"] != new["sizes"]:
             found.append("image files of other sizes under the same names")
-        for key, what in (("mtimes", "modified since (other modification times)"),
+        for key, what in (("mtimes", "image files modified (other modification times)"),
                           ("content", "image content changed")):
             if not found and key in old and key in new and old[key] != new[key]:
-                found.append(f"image files {what}")
+                found.append(what)
         if old["bytes"] != new["bytes"]:
             found.append(f"{old['bytes']:,} -> {new['bytes']:,} bytes")
     elif source == "tfds":
