@@ -78,19 +78,26 @@ def _folder(root: str, name: str, content: bool) -> dict[str, Any] | None:
     if not os.path.isdir(root):
         return None
     paths = image_files(root)
-    names, sizes, last = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
-    total = 0
+    start = len(os.path.join(root, ""))  # every path is root/...: the rest is relative
+    rel, sizes, last = [], [], []
     for path in paths:
         st = os.stat(path)
-        rel = os.path.relpath(path, root).encode() + b"\0"
-        names.update(rel)
-        sizes.update(rel + str(st.st_size).encode() + b"\0")
-        last.update(rel + (bytes.fromhex(_sha256(path)) if content
-                           else str(st.st_mtime_ns).encode() + b"\0"))
-        total += st.st_size
+        rel.append(path[start:])
+        sizes.append(st.st_size)
+        last.append(_sha256(path) if content else st.st_mtime_ns)
+    # One hash per layer over a joined manifest: per-file hash updates would cost more than
+    # the stat calls.
+    names = "\0".join(rel)
+    with_sizes = "\0".join(f"{r}\0{n}" for r, n in zip(rel, sizes, strict=True))
+    with_last = "\0".join(f"{r}\0{n}\0{m}" for r, n, m in zip(rel, sizes, last, strict=True))
+    total = sum(sizes)
     return {"name": name, "source": "folder", "images": len(paths), "bytes": total,
-            "names": names.hexdigest(), "sizes": sizes.hexdigest(),
-            "content" if content else "mtimes": last.hexdigest()}
+            "names": _digest(names), "sizes": _digest(with_sizes),
+            "content" if content else "mtimes": _digest(with_last)}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _tfds(name: str, data_dir: str) -> dict[str, Any] | None:
