@@ -237,3 +237,47 @@ def test_a_prepared_tfds_dataset_fingerprints_its_splits(data_dir):
     assert all(v["bytes"] > 0 for v in fp["splits"].values())
     other = {**fp, "splits": {**fp["splits"], "test": {**fp["splits"]["test"], "examples": 449}}}
     assert fingerprint.changes(fp, other) == "splits test=450,train=1347 -> test=449,train=1347"
+
+
+@pytest.mark.e2e
+def test_kill_replace_relaunch_with_launch_py(tmp_path, data_dir):
+    """The sequence as a user meets it: launch.py killed (SIGKILL) after its first checkpoint,
+    the npz replaced by the same digits flipped and reordered, the same command again."""
+    import signal
+    import subprocess
+    import time
+
+    from cnnjax.checkpoint import complete_steps
+    from tests.helpers import ROOT
+
+    npz, workdir = tmp_path / "data.npz", tmp_path / "run"
+    digits_npz(npz)
+    _, args = config_and_args(f"npz:{npz}", data_dir, **{"train.num_steps": "100",
+                                                          "train.checkpoint_every_steps": "20"})
+    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), f"--workdir={workdir}", *args]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not complete_steps(str(workdir / "checkpoints")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = complete_steps(str(workdir / "checkpoints"))
+    assert saved and saved[-1] < 100
+    digits_npz(npz, flip=True, seed=0)
+    before = snapshot(workdir)
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2
+    (line,) = again.stderr.strip().splitlines()
+    assert line.startswith(f"error: the data npz:{npz} is not the data the run in {workdir} "
+                           "was trained on (file hash sha256 ")
+    assert snapshot(workdir) == before
+    done = subprocess.run([*cmd, "--allow_data_change"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from {workdir}/checkpoints/{saved[-1]}" in done.stdout
+    assert history(workdir) == [("start", 0), ("data_change", saved[-1]),
+                                ("resume", saved[-1]), ("finish", 100)]

@@ -132,6 +132,14 @@ def changes(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
         return ""
     if old.get("source") != new.get("source"):
         return f"{describe(old)} -> {describe(new)}"
+    try:
+        return _changes(old, new)
+    except (KeyError, TypeError, AttributeError):  # a record of another shape: compare it whole
+        rest = sorted(k for k in {*old, *new} - set(_WHERE) if old.get(k) != new.get(k))
+        return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in rest)
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
     found = []
     source = new["source"]
     if source == "npz":
@@ -161,9 +169,8 @@ def changes(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
             found.append(f"splits {_splits(old)} -> {_splits(new)}")
         if old["downloads"] != new["downloads"]:
             found.append("other download checksums")
-    else:
-        rest = sorted(k for k in {*old, *new} - set(_WHERE) if old.get(k) != new.get(k))
-        found += [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in rest]
+    elif source != "builtin" or old != new:
+        raise KeyError(source)  # compared whole by the caller
     return ", ".join(found)
 
 
