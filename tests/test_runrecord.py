@@ -114,18 +114,17 @@ def test_a_tfds_dataset_prepared_again_at_another_version(tmp_path, data_dir, mo
     assert runrecord.read(str(workdir))["data"]["version"] == "3.0.2"
 
 
-def test_an_unchanged_resume_records_start_resume_finish_and_every_field(tmp_path, data_dir,
-                                                                          capsys, monkeypatch):
+def test_an_unchanged_resume_records_every_field_and_other_software_is_one_warning(
+        tmp_path, data_dir, capsys, monkeypatch):
     workdir = tmp_path / "run"
-    config, args = config_and_args("digits", data_dir)
+    config, args = config_and_args("digits", data_dir, **{"train.num_steps": "6"})
     training.run(config, str(workdir), stop_at_step=2)
     monkeypatch.setattr(sys, "argv", ["cnnjax", f"--workdir={workdir}", *args])  # as launched
-    result = command(capsys, *sys.argv[1:])
-    assert result.returncode == 0 and result.stderr == "", result.stderr
+    training.run(config, str(workdir), stop_at_step=4)  # the same data and software: silent
+    assert capsys.readouterr().err == ""
     with open(workdir / "run.json") as f:
         record = json.load(f)
-    assert [(h["event"], h["step"]) for h in record["history"]] == [
-        ("start", 0), ("resume", 2), ("finish", 4)]
+    assert [(h["event"], h["step"]) for h in record["history"]] == [("start", 0), ("resume", 2)]
     assert set(record["packages"]) == {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
                                        "cnnjax"}
     import jax
@@ -133,38 +132,32 @@ def test_an_unchanged_resume_records_start_resume_finish_and_every_field(tmp_pat
 
     assert record["packages"]["jax"] == jax.__version__
     assert record["packages"]["optax"] == optax.__version__
-    assert record["python"].count(".") == 2
+    assert record["python"] == ".".join(map(str, sys.version_info[:3]))
     assert (record["device_kind"], record["device_count"], record["process_count"]) == (
         jax.devices()[0].device_kind, jax.device_count(), 1)
     # The tests run from a clone: its commit, and whether tracked files have changes.
     assert len(record["git_commit"]) == 40 and isinstance(record["git_dirty"], bool)
     assert record["command"] == shlex.join(sys.argv)  # the newest launch's command line
     assert record["history"][0]["environment"]["command"] != record["command"]
+    assert record["history"][1]["environment"]["command"] == record["command"]
     assert record["data"] == {"name": "digits", "source": "builtin",
                               "identity": fingerprint.BUILTIN["digits"]}
     for entry in record["history"]:
         assert entry["time"].endswith("Z") and entry["time"][:2] == "20"  # UTC
-    assert record["history"][1]["environment"]["command"] == record["command"]
-    # Relaunched once finished: nothing changes, run.json included.
-    before = snapshot(workdir)
-    assert command(capsys, f"--workdir={workdir}", *args).returncode == 0
-    assert snapshot(workdir) == before
-
-
-def test_resuming_on_other_versions_or_devices_is_one_warning_line(tmp_path, data_dir, capsys):
-    workdir = tmp_path / "run"
-    config, args = config_and_args("digits", data_dir)
-    training.run(config, str(workdir), stop_at_step=2)
-    path = workdir / "run.json"
-    record = json.loads(path.read_text())
-    record["packages"]["jax"], record["device_kind"] = "0.0.1", "TPU v9"  # as another machine
-    path.write_text(json.dumps(record))
+    # Resumed as on another machine: one warning line, and the run goes on to its end.
+    record["packages"]["jax"], record["device_kind"] = "0.0.1", "TPU v9"
+    (workdir / "run.json").write_text(json.dumps(record))
     result = command(capsys, f"--workdir={workdir}", *args)
     assert result.returncode == 0
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"warning: resuming {workdir} on other software or hardware than its "
                            "last launch (jax 0.0.1 -> ")
     assert "device kind TPU v9 -> " in line and "not promised" in line
+    assert history(workdir) == [("start", 0), ("resume", 2), ("resume", 4), ("finish", 6)]
+    # Relaunched once finished: nothing changes, run.json included.
+    before = snapshot(workdir)
+    assert command(capsys, f"--workdir={workdir}", *args).returncode == 0
+    assert snapshot(workdir) == before
 
 
 def test_a_sweep_point_gets_the_same_check(tmp_path, data_dir):
@@ -179,8 +172,6 @@ def test_a_sweep_point_gets_the_same_check(tmp_path, data_dir):
     with pytest.raises(ConfigError, match=r"file size [\d,]+ -> [\d,]+ bytes"):
         sweep.run(points, str(root))
     assert snapshot(point) == before
-    sweep.run(points, str(root), allow_data_change=True)
-    assert history(point) == [("start", 0), ("data_change", 2), ("resume", 2), ("finish", 4)]
 
 
 def test_eval_and_export_warn_with_both_fingerprints_on_other_data(tmp_path, data_dir, capsys):
