@@ -43,11 +43,12 @@ def get_config(name: str = "default", **fields: Any) -> ml_collections.ConfigDic
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
-          allow_config_change: bool = False) -> dict[str, Any]:
+          allow_config_change: bool = False, allow_data_change: bool = False) -> dict[str, Any]:
     """Trains the run of ``config`` in ``workdir`` (or resumes it, or, if it has finished,
     returns its summary without changing anything), as the ``cnnjax`` command does; returns
     the summary (``eval_accuracy``, ``eval_loss``, ``step``, ``wall_time_s``, ...). The
-    progress bar shows in a notebook as on a terminal.
+    progress bar shows in a notebook as on a terminal. ``allow_config_change`` and
+    ``allow_data_change`` resume a run recorded with another config or other data.
 
     >>> summary = cnnjax.train(cnnjax.get_config(train={"num_epochs": 1}), workdir)
     already finished at step 42 of 42 (...); nothing to do
@@ -57,7 +58,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     """
     from cnnjax import training
 
-    return training.run(config, workdir, allow_config_change=allow_config_change)
+    return training.run(config, workdir, allow_config_change=allow_config_change,
+                        allow_data_change=allow_data_change)
 
 
 def load(workdir: str, checkpoint: str = "best", *, ema: bool = False):

@@ -56,6 +56,9 @@ _WORKDIR = flags.DEFINE_string(
 _ALLOW_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir whose recorded config differs from this one."
 )
+_ALLOW_DATA_CHANGE = flags.DEFINE_bool(
+    "allow_data_change", False, "Resume a workdir whose recorded data (run.json) differs from "
+    "the data now; the change is recorded in its history.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks and library logs.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
@@ -270,9 +273,11 @@ def main(argv: list[str]) -> int:
             from cnnjax import sweep
 
             sweep.run(points, workdir, _SWEEP_INDEX.value,
-                      allow_config_change=_ALLOW_CHANGE.value)
+                      allow_config_change=_ALLOW_CHANGE.value,
+                      allow_data_change=_ALLOW_DATA_CHANGE.value)
         else:
-            training.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
+            training.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value,
+                         allow_data_change=_ALLOW_DATA_CHANGE.value)
     except ConfigError as e:
         if _VERBOSE.value:
             raise

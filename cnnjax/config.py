@@ -56,6 +56,9 @@ FIELDS: dict[str, tuple[Any, str]] = {
                      "its CPU threads"),
     "data.skip_corrupt": (False, "folder: skip undecodable images with a warning instead of "
                           "stopping"),
+    "data.fingerprint": ("manifest", "folder: how a resume checks that the images did not "
+                         "change: manifest (paths, sizes, modification times) or content "
+                         "(hashes every file)"),
     "optimizer.name": ("sgd", "the optimizer (cnnjax.optim.OPTIMIZERS)"),
     "optimizer.learning_rate": (0.1, "peak learning rate"),
     "optimizer.momentum": (0.9, "sgd/lars/rmsprop momentum (0 = none), muon's beta, "
@@ -340,6 +343,7 @@ CHOICES: dict[str, Any] = {
     "train.best_metric": BEST_METRICS,
     "train.best_mode": ("max", "min"),
     "data.loader": LOADERS,
+    "data.fingerprint": ("manifest", "content"),
 }
 _CHOICE_WORDS = {"optimizer.name": "optimizer", "optimizer.schedule": "schedule",
                  "train.loss": "loss"}

@@ -27,6 +27,7 @@ from cnnjax import checkpoint, files, models, optim, parallel, steps
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
+from cnnjax import runrecord as runrecord_lib
 from cnnjax.data.local import read_npz
 
 # --------------------------------------------------------------------------- loading a run
@@ -67,7 +68,9 @@ class Run:
 
     def evaluate(self) -> dict[str, Any]:
         """Top-1, top-5, loss, per-class accuracy and confusion matrix on the test split, as
-        ``--mode=eval`` computes them (equal to the training loop's evaluation)."""
+        ``--mode=eval`` computes them (equal to the training loop's evaluation); warns when
+        the data is not the data the run recorded."""
+        runrecord_lib.warn_if_other_data(self.workdir, self.config.data)
         data = data_lib.build(self.config.data, self.config.seed, jax.process_index(),
                               jax.process_count())
         return evaluate(self.config, self.variables, data, parallel.make_mesh())

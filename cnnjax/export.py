@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import errors, evaluate, files, steps
+from cnnjax import runrecord as runrecord_lib
 from cnnjax.errors import ConfigError
 from cnnjax.models import layers
 
@@ -296,6 +297,7 @@ def export(run, fmt: str = "stablehlo", *, tolerance: float = TOLERANCE,
     """Exports ``run`` (an ``evaluate.Run``) as ``fmt``, checks it, and writes it; see the
     module docstring. ``images``: the check batch (default: the test split's first 32)."""
     check_request(fmt, tolerance)
+    runrecord_lib.warn_if_other_data(run.workdir, run.config.data)  # the check batch is test data
     info = run.info
     if images is None:
         images = evaluate.test_images(run, CHECK_BATCH)[0]

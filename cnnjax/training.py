@@ -27,6 +27,7 @@ from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import errors, files, models, optim, parallel, plot_data, signals, steps, transfer
 from cnnjax import metrics as metrics_lib
+from cnnjax import runrecord as runrecord_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.checkpoint import BestCheckpoint, Checkpointer, complete_steps
 from cnnjax.losses import from_config as make_loss
@@ -145,6 +146,7 @@ def run(
     *,
     allow_config_change: bool = False,
     stop_at_step: int | None = None,
+    allow_data_change: bool = False,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run described by ``config`` in ``workdir``.
 
@@ -154,7 +156,8 @@ def run(
     on SIGTERM/SIGINT, ``NonFiniteError`` under ``nan_policy='stop'``, and ``WriteError`` when
     a checkpoint, the metrics or another file of the workdir cannot be written (a full disk),
     once every save that could complete is committed; its message says where a relaunch
-    resumes from.
+    resumes from. ``allow_data_change`` resumes on data other than the run recorded in
+    ``run.json`` (else a ``ConfigError``), and records that it did.
     """
     start_time = time.time()
     config_lib.validate(config, jax.device_count())
@@ -163,6 +166,7 @@ def run(
     workdir_lib.check_workdir(config, workdir, allow_config_change)  # read only, as above
     if (summary := workdir_lib.finished_summary(config, workdir)) is not None:
         return _report_finished(summary)
+    data_id = runrecord_lib.check_data(config, workdir, allow_data_change)  # read only, as above
     with signals.stage(signals.STARTING, "before the first training step; relaunch the same "
                        "command to start (or resume) the run"):
         with workdir_lib.exclusive(workdir) as lock:
@@ -170,12 +174,16 @@ def run(
             workdir_lib.check_workdir(config, workdir, allow_config_change)
             if (summary := workdir_lib.finished_summary(config, workdir)) is not None:
                 return _report_finished(summary)
+            runrecord_lib.check_data(config, workdir, allow_data_change, data_id)
             try:
                 job = setup(config, workdir, lock, start_time)
                 try:
+                    runrecord_lib.launched(workdir, job.start_step, data_id)
                     end = job.total_steps if stop_at_step is None else min(stop_at_step,
                                                                             job.total_steps)
                     summary = finish(job, end, train_loop(job, end))
+                    if end == job.total_steps:
+                        runrecord_lib.finished(workdir, end)
                 except BaseException:
                     _close_quietly(job.writer)
                     raise

@@ -11,6 +11,7 @@ part of the content is written. Moments:
   jsonl:K       the K-th line appended to metrics.jsonl (half of it reaches the file)
   tensorboard   the first event written after the event file is opened
   summary       summary.json
+  run           run.json, first written once the state is restored, before the first step
   plots         the first PNG of the final plots
 """
 
@@ -109,6 +110,10 @@ def install(moment: str) -> None:
         from cnnjax import files
 
         fail_open(files, lambda path, mode: os.path.basename(path).startswith("summary.json."))
+    elif kind == "run":
+        from cnnjax import files
+
+        fail_open(files, lambda path, mode: os.path.basename(path).startswith("run.json."))
     elif kind == "plots":
         import matplotlib.figure
 

@@ -91,6 +91,7 @@ def resumes_exactly(workdir, data_dir, reference, *args):
     ("jsonl:3", "{w}/metrics.jsonl", "resume from step 6", [6]),  # half a line written
     ("tensorboard", "{w}/tensorboard", "start the run from step 0", []),
     ("summary", "{w}/summary.json", "resume from step 24", [24]),
+    ("run", "{w}/run.json", "start the run from step 0", []),
     ("plots", "the plots in {w}/plots", "resume from step 24", [24]),
 ])
 def test_a_full_disk_is_one_line_and_the_relaunch_resumes_exactly(
@@ -132,7 +133,8 @@ def test_a_real_filesystem_filling_during_a_checkpoint(small_filesystem, data_di
     # second checkpoint fills the filesystem half-way through its write.
     ref = reference[0]
     checkpoint = pages(glob.glob(os.path.join(ref, "checkpoints", "24", "**"), recursive=True))
-    small = pages([os.path.join(ref, f) for f in ("config.json", "metrics.jsonl", "lock")])
+    small = pages([os.path.join(ref, f)
+                   for f in ("config.json", "metrics.jsonl", "lock", "run.json")])
     small += pages(glob.glob(os.path.join(ref, "tensorboard", "*")))
     stat = os.statvfs(small_filesystem)
     ballast = os.path.join(small_filesystem, "ballast")  # what the user deletes to free space

@@ -181,7 +181,7 @@ def _header(path: str) -> tuple[str, tuple[int, int]] | Exception:
         return e
 
 
-def _listing(root: str) -> tuple[list[str], list[str], np.ndarray]:
+def listing(root: str) -> tuple[list[str], list[str], np.ndarray]:
     """``(classes, paths, labels)`` of a one-level class directory, sorted by name."""
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     paths, labels = [], []
@@ -219,8 +219,8 @@ def open_folder(root: str, *, skip_corrupt: bool = False, name: str = "") -> Sou
         raise ConfigError(f"image folder {root} not found (from --config.data.name={name})")
     split_dirs = [os.path.join(root, s) for s in ("train", "test")]
     if all(os.path.isdir(d) for d in split_dirs):
-        classes, train_paths, train_labels = _listing(split_dirs[0])
-        test_classes, test_paths, test_labels = _listing(split_dirs[1])
+        classes, train_paths, train_labels = listing(split_dirs[0])
+        test_classes, test_paths, test_labels = listing(split_dirs[1])
         unknown = sorted(set(test_classes) - set(classes))
         if unknown:
             raise ConfigError(
@@ -229,7 +229,7 @@ def open_folder(root: str, *, skip_corrupt: bool = False, name: str = "") -> Sou
         # Test labels follow the train classes' order.
         test_labels = np.asarray([classes.index(test_classes[i]) for i in test_labels], np.int32)
     else:
-        classes, paths, labels = _listing(root)
+        classes, paths, labels = listing(root)
         train_paths, train_labels, test_paths, test_labels = paths, labels, [], labels[:0]
     if not train_paths:
         raise ConfigError(
