@@ -452,11 +452,13 @@ def verify(directory: str) -> list[str]:
 
 def class_names(config, num_classes: int) -> list[str] | None:
     """ImageNet's class names, for a run with 1000 classes that started from ImageNet weights
-    (``init.pretrained``) or trains on ImageNet; None otherwise."""
+    (``init.pretrained``) or whose data is named ImageNet (TFDS's ``imagenet2012``, or a
+    ``folder:``/``npz:`` path with "imagenet" in it: its synset folders sorted by name are
+    torchvision's label order); None otherwise."""
     if num_classes != IMAGENET_CLASSES:
         return None
     init = config.get("init", {})
-    if not (init.get("pretrained") or str(config.data.name).startswith("imagenet")):
+    if not (init.get("pretrained") or "imagenet" in str(config.data.name).lower()):
         return None
     return imagenet_classes()
 

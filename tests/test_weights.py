@@ -354,3 +354,36 @@ def test_imagenet_class_names_are_torchvisions():
     assert weights.class_names(run, 10) is None
     scratch = ConfigDict({"init": {"pretrained": ""}, "data": {"name": "npz:x.npz"}})
     assert weights.class_names(scratch, 1000) is None
+
+
+def test_predict_and_explain_name_imagenets_classes(tmp_path, data_dir, capsys):
+    """A 1000-class run on data named ImageNet prints the class names; the class is the
+    argmax of the probabilities, as without names."""
+    from cnnjax import evaluate, explain, training
+    from tests.helpers import tiny_config
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(1000)
+    images = rng.integers(0, 256, (1000, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "imagenet_tiny.npz", images=images, labels=labels,
+             test_images=images[:64], test_labels=labels[:64])
+    config = tiny_config(data_dir, num_steps=1, eval_every_steps=0, checkpoint_every_steps=1,
+                         plots=False)
+    config.data.name = f"npz:{tmp_path / 'imagenet_tiny.npz'}"
+    config.data.crop_padding = 0
+    config.train.writers = "jsonl"
+    workdir = str(tmp_path / "run")
+    training.run(config, workdir)
+    np.savez(tmp_path / "x.npz", images=images[:2])
+    capsys.readouterr()
+    rows = evaluate.run_predict(workdir, str(tmp_path / "x.npz"))
+    out = capsys.readouterr().out
+    names = weights.imagenet_classes()
+    for row in rows:
+        k = int(np.argmax([row[f"p_{i}"] for i in range(1000)]))
+        assert row["predicted"] == k and row["class_name"] == names[k]
+        assert f"{row['input']}: class {k} ({names[k]}) (p=" in out
+    result = explain.run_explain(workdir, str(tmp_path / "x.npz"))
+    out = capsys.readouterr().out
+    k = int(result.predicted[0])
+    assert f"{tmp_path / 'x.npz'}[0]: class {k} ({names[k]}) (p=" in out
