@@ -46,7 +46,8 @@ class LoopbackHub:
 
             def _file(self):
                 match = re.fullmatch(r"/(.+)/resolve/([^/]+)/(.+)", self.path)
-                if not match or match.group(1) not in hub.files or match.group(2) != COMMIT:
+                if not match or match.group(1) not in hub.files or match.group(2) not in (
+                        COMMIT, "main"):  # a branch resolves to the commit, as on the Hub
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
@@ -387,3 +388,48 @@ def test_predict_and_explain_name_imagenets_classes(tmp_path, data_dir, capsys):
     out = capsys.readouterr().out
     k = int(result.predicted[0])
     assert f"{tmp_path / 'x.npz'}[0]: class {k} ({names[k]}) (p=" in out
+
+
+@pytest.mark.e2e
+def test_two_launches_fetch_and_convert_once_and_start_from_the_converted_weights(
+        hub, resnet18_file, tmp_path, data_dir):
+    """launch.py from a fresh HOME with the loopback Hub: the first launch fetches, verifies and
+    converts; the second (another workdir) reads the cache; the linear probe's backbone, which
+    training leaves bit-identical, is the converted file's."""
+    from cnnjax.checkpoint import Checkpointer
+    from cnnjax.models.pretrained import load_pretrained
+    from tests.test_launch import launch
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 4)
+    np.savez(tmp_path / "small.npz", images=rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
+             labels=labels, test_images=rng.integers(0, 256, (8, 32, 32, 3), np.uint8),
+             test_labels=labels[:8])
+    env = {k: os.environ[k] for k in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "HF_ENDPOINT")}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    # The launches read the table as it ships: timm/resnet18.tv_in1k at "main".
+    hub.files["timm/resnet18.tv_in1k"] = resnet18_file[1]
+    flags = ["--config=cifar10_linear_probe_resnet18", "--config.init.pretrained=resnet18",
+             f"--config.data.name=npz:{tmp_path / 'small.npz'}", "--config.data.image_size=0",
+             "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
+             "--config.train.num_steps=2", "--config.train.writers=jsonl",
+             "--noconfig.train.plots", "--compilation_cache_dir="]
+    first = launch(*flags, f"--workdir={tmp_path / 'a'}", data_dir=data_dir, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "verified against" in first.stdout and "converted once into" in first.stdout
+    second = launch(*flags, f"--workdir={tmp_path / 'b'}", data_dir=data_dir, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "pretrained resnet18: the cached conversion in" in second.stdout
+    assert "converted" not in second.stdout and len(hub.downloads()) == 1
+
+    digest = hashlib.sha256(resnet18_file[1]).hexdigest()
+    directory = os.path.join(weights.cache_root(), f"resnet18-{digest[:16]}")
+    assert f"the cached conversion in {directory}" in second.stdout
+    converted = load_pretrained(directory)
+    state, _ = Checkpointer(str(tmp_path / "b" / "checkpoints"), 1).read()
+    for collection in ("params", "batch_stats"):
+        flat = jax.tree_util.tree_flatten_with_path(converted[collection])[0]
+        trained = dict(jax.tree_util.tree_flatten_with_path(state[collection])[0])
+        for path, value in flat:
+            if "head" not in jax.tree_util.keystr(path):
+                np.testing.assert_array_equal(np.asarray(trained[path]), np.asarray(value))
