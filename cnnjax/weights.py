@@ -335,14 +335,18 @@ def _hub():
 def _download(name: str, source: Source) -> str:
     """The Hub file of ``source``, downloaded (or found in huggingface_hub's cache)."""
     hub = _hub()
+    from huggingface_hub import constants
     from huggingface_hub import errors as hub_errors
 
+    # Offline if it is set now, or was when huggingface_hub was imported: then its sessions
+    # refuse every request whatever the environment says since.
+    local_only = offline() or bool(constants.HF_HUB_OFFLINE)
     try:
         return hub.hf_hub_download(
             source.repo, source.filename, revision=source.revision, cache_dir=hub_cache(),
-            endpoint=os.environ.get("HF_ENDPOINT") or None, local_files_only=offline())
+            endpoint=os.environ.get("HF_ENDPOINT") or None, local_files_only=local_only)
     except hub_errors.LocalEntryNotFoundError:
-        if offline():
+        if local_only:
             raise ConfigError(
                 f"pretrained {name} is not in the cache ({cache_root()}) and HF_HUB_OFFLINE is "
                 f"set; run cnnjax weights download {name} where the Hub is reachable (same "

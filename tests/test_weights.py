@@ -237,6 +237,26 @@ def test_offline_without_the_cache_is_one_line_naming_how_to_get_it(hub, tmp_pat
     assert hub.requests == []
 
 
+def test_offline_since_import_counts_as_offline(hub, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as read when it was imported
+    result = command(capsys, "weights", "download", "resnet18")
+    assert result.returncode == 2 and "HF_HUB_OFFLINE is set" in result.stderr
+    assert hub.requests == []
+
+
+def test_the_cache_is_cnnjax_home_else_xdg_cache_home_else_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNJAX_HOME", str(tmp_path / "c"))
+    assert weights.cache_root() == str(tmp_path / "c" / "weights")
+    monkeypatch.delenv("CNNJAX_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert weights.cache_root() == str(tmp_path / "x" / "cnnjax" / "weights")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    assert weights.cache_root() == str(tmp_path / "h" / ".cache" / "cnnjax" / "weights")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--config.model.name=convnext_tiny", "--config.init.pretrained=convnext_tiny"],
      "has no torch-free source (no safetensors copy of torchvision's weights on the Hub); "
