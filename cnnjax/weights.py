@@ -481,7 +481,8 @@ def command(words: list[str]) -> int:
     """``cnnjax weights list | download NAME | verify [NAME]``; returns the exit status."""
     usage = "cnnjax weights list | download NAME | verify [NAME]"
     if not words or words[0] not in ("list", "download", "verify"):
-        raise ConfigError(f"usage: {usage}")
+        given = f"unknown weights command {words[0]!r}" if words else "a weights command is missing"
+        raise ConfigError(f"{given}; usage: {usage}")
     what, args = words[0], words[1:]
     if what == "list":
         if args:
