@@ -20,12 +20,14 @@ from flax.traverse_util import flatten_dict
 from cnnjax import experiment_files, overrides
 
 
-def get_config(name: str = "default", **fields: Any) -> ml_collections.ConfigDict:
+def get_config(name: str = "default", *, pretrained: str | None = None,
+               **fields: Any) -> ml_collections.ConfigDict:
     """The config of a packaged experiment (``"default"``, ``"mnist_cnn"``, ``"default:mlp"``,
     ...) or of a config file's path, with fields changed: a section as a dict
     (``train={"num_epochs": 5}``), a top-level field as itself (``seed=1``), or a dotted key
-    (``**{"optimizer.learning_rate": 0.02}``). Values are checked and converted as on the
-    command line; a wrong one is a one-line ``ConfigError``.
+    (``**{"optimizer.learning_rate": 0.02}``). ``pretrained="resnet18"`` is
+    ``init.pretrained``: start from those ImageNet weights (``cnnjax weights list``). Values are
+    checked and converted as on the command line; a wrong one is a one-line ``ConfigError``.
 
     >>> config = cnnjax.get_config("default", seed=1, optimizer={"learning_rate": 0.02})
     >>> config.seed, config.optimizer.learning_rate, config.model.name
@@ -38,6 +40,8 @@ def get_config(name: str = "default", **fields: Any) -> ml_collections.ConfigDic
     cnnjax.errors.ConfigError: unknown config key 'seeds' in get_config(); did you mean 'seed'?
     """
     config = experiment_files.load(name)
+    if pretrained is not None:
+        fields["init.pretrained"] = pretrained
     return overrides.apply(config, flatten_dict(dict(fields), sep="."), where="get_config()")[0]
 
 

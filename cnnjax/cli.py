@@ -24,6 +24,7 @@ USAGE = """cnnjax: trains convolutional networks in JAX/Flax, checkpointed and e
   cnnjax --print_config --config.<section>      a section's fields: value and meaning
   cnnjax --sweep='optimizer.learning_rate=0.1,0.03 seed=0,1' --workdir=W
   cnnjax --mode=eval|predict|visualize|explain|export --workdir=W   (or: cnnjax export --workdir=W)
+  cnnjax weights list | download NAME | verify [NAME]   (for --config.init.pretrained=NAME)
 
 Configs by name: {names} (default: default), or the path of any config file (Python, run as
 code: launch only files you trust). Relaunching with the same workdir resumes it.
@@ -223,6 +224,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     words = argv[1:]
+    if words and words[0] == "weights":  # cnnjax weights list|download|verify: no run, no config
+        from cnnjax import weights
+
+        try:
+            return weights.command(words[1:])
+        except ConfigError as e:
+            if _VERBOSE.value:
+                raise
+            _fail(str(e))
     if words and words[0] in MODES[1:] and (not _MODE.present or _MODE.value == words[0]):
         flags.FLAGS.mode, words = words[0], words[1:]  # cnnjax export --workdir=W
     elif words and words[0] in MODES[1:]:

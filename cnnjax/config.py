@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cnnjax import losses, metrics, models, optim, trackers
+from cnnjax import losses, metrics, models, optim, trackers, weights
 from cnnjax.errors import ConfigError
 
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
@@ -113,6 +113,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "init.checkpoint": ("", "start from these weights: a directory of python -m "
                         "cnnjax.models.pretrained, or an earlier run's workdir; '' = scratch"),
     "init.exclude": ("", "regex of parameter paths never copied from init.checkpoint"),
+    "init.pretrained": ("", "start from a model's ImageNet weights by name (cnnjax weights list): "
+                        "downloaded, verified, converted and cached once; '' = none"),
     "train.num_epochs": (10.0, "training length in epochs (fractions allowed)"),
     "train.num_steps": (-1, "training length in steps when >= 0 (takes precedence)"),
     "train.label_smoothing": (0.0, "label smoothing of the loss's targets"),
@@ -379,6 +381,8 @@ def _check_values(flat: dict[str, Any], config: dict[str, Any]) -> None:
         raise ConfigError(f"train.best_metric={metric!r} with train.best_mode={mode!r} keeps "
                           f"the worst checkpoint; pass --config.train.best_mode={better}")
     _check_optimizer(flat)
+    if flat["init.pretrained"]:
+        weights.source_of(flat["init.pretrained"])
     _check_writers(flat["train.writers"], config)
     trackers.check_installed(trackers.configured(config))
     if flat["train.num_steps"] == -1 and flat["train.num_epochs"] == 0:

@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from cnnjax import checkpoint, files, models, optim, parallel, steps
+from cnnjax import checkpoint, files, models, optim, parallel, steps, weights
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
@@ -317,7 +317,9 @@ def run_predict(workdir: str, inputs: str, which: str = "latest",
     run = load_run(workdir, which, ema)
     names, images = load_inputs(inputs, run.info.image_shape)
     probs = run.predict(images)
+    classes = weights.class_names(run.config, probs.shape[-1])  # ImageNet's, else None
     rows = [{"input": n, "predicted": int(p.argmax()), "probability": float(p.max()),
+             **({"class_name": classes[int(p.argmax())]} if classes else {}),
              **{f"p_{k}": float(v) for k, v in enumerate(p)}}
             for n, p in zip(names, probs, strict=True)]
     path = os.path.join(run.workdir, "predictions.csv")
@@ -325,5 +327,6 @@ def run_predict(workdir: str, inputs: str, which: str = "latest",
         files.write_csv(path, rows, "input")
         print(f"checkpoint {which} (step {run.step}); predictions in {path}")
         for r in rows:
-            print(f"{r['input']}: class {r['predicted']} (p={r['probability']:.4f})")
+            name = f" ({r['class_name']})" if "class_name" in r else ""
+            print(f"{r['input']}: class {r['predicted']}{name} (p={r['probability']:.4f})")
     return rows

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import errors, plot_data, steps
+from cnnjax import errors, plot_data, steps, weights
 
 DEFAULT_COUNT = 8  # test images explained when none are given
 
@@ -178,8 +178,10 @@ def run_explain(workdir: str, images: str | None = None, which: str = "latest",
         print(f"checkpoint {which} (step {run.step}); Grad-CAM of "
               f"{result.layer or 'no feature maps (saliency only)'}")
         truth = [None] * len(result.names) if result.labels is None else result.labels
+        classes = weights.class_names(run.config, run.info.num_classes)  # ImageNet's, or None
+        called = (lambda c: f"class {c} ({classes[c]})") if classes else (lambda c: f"class {c}")
         for name, k, p, y, path in zip(result.names, result.predicted, result.probability,
                                        truth, result.paths, strict=True):
-            known = "" if y is None else f", true class {y}"
-            print(f"{name}: class {k} (p={p:.4f}){known} -> {path}")
+            known = "" if y is None else f", true {called(int(y))}"
+            print(f"{name}: {called(int(k))} (p={p:.4f}){known} -> {path}")
     return result

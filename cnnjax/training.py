@@ -167,6 +167,7 @@ def run(
     if (summary := workdir_lib.finished_summary(config, workdir)) is not None:
         return _report_finished(summary)
     data_id = runrecord_lib.check_data(config, workdir, allow_data_change)  # read only, as above
+    pretrained = _pretrained(config, workdir)  # downloaded before the workdir is touched
     with signals.stage(signals.STARTING, "before the first training step; relaunch the same "
                        "command to start (or resume) the run"):
         with workdir_lib.exclusive(workdir) as lock:
@@ -176,7 +177,7 @@ def run(
                 return _report_finished(summary)
             runrecord_lib.check_data(config, workdir, allow_data_change, data_id)
             try:
-                job = setup(config, workdir, lock, start_time)
+                job = setup(config, workdir, lock, start_time, pretrained)
                 try:
                     runrecord_lib.launched(workdir, job.start_step, data_id)
                     end = job.total_steps if stop_at_step is None else min(stop_at_step,
@@ -193,6 +194,17 @@ def run(
             except errors.WriteError as e:  # a full disk: say where a relaunch goes on from
                 e.then = _relaunch_note(workdir)
                 raise
+
+
+def _pretrained(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The converted weights of ``init.pretrained`` (fetched, verified and cached on first use),
+    or "" without it or when the workdir already holds checkpoints to resume from."""
+    if not config.init.pretrained or complete_steps(os.path.join(workdir, "checkpoints")):
+        return ""
+    from cnnjax import weights
+
+    weights.check_config(config, data_lib.open_source(config.data).num_classes)
+    return weights.fetch(config.init.pretrained, log=_log)
 
 
 def _close_quietly(writer: metrics_lib.Writers | None) -> None:
@@ -307,8 +319,9 @@ class Job:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | None,
-          start_time: float) -> Job:
-    """Data, model, optimizer, state (fresh, transferred or resumed), steps and writers."""
+          start_time: float, pretrained: str = "") -> Job:
+    """Data, model, optimizer, state (fresh, transferred or resumed), steps and writers;
+    ``pretrained``: the converted weights of ``init.pretrained`` (``_pretrained``)."""
     data = data_lib.build(config.data, config.seed, jax.process_index(), jax.process_count())
     info, spe, t = data.info, data.train.steps_per_epoch, config.train
     total_steps = t.num_steps if t.num_steps >= 0 else int(round(t.num_epochs * spe))
@@ -323,10 +336,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
     state = steps.init_state(model, tx, config.seed, info.image_shape, mesh)
     check_head(config, state.params)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-    if config.init.checkpoint and not ckpt.all_steps():
+    if (source := config.init.checkpoint or pretrained) and not ckpt.all_steps():
         state, notes = transfer.initialize_from(
-            state, config.init.checkpoint, config.init.exclude, tx, parallel.replicated(mesh))
-        _log(f"initialised from {config.init.checkpoint}" + "".join(f"\n  {n}" for n in notes))
+            state, source, config.init.exclude, tx, parallel.replicated(mesh))
+        _log(f"initialised from {source}" + "".join(f"\n  {n}" for n in notes))
     if t.ema_decay:  # the average starts at the initial (or transferred) weights
         state = state.replace(ema=steps.copy(state.variables))
     start_step, pending, best_so_far = 0, [], None
