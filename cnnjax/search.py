@@ -55,6 +55,8 @@ DIRECTIONS = ("maximize", "minimize")
 OBJECTIVES = tuple(m for m in config_lib.BEST_METRICS if m)
 KINDS = {"uniform": float, "loguniform": float, "int": int, "intlog": int}
 STUDY = "cnnjax"
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+          "WAITING": "waiting"}
 _RANGE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 _TABLE_METRICS = ("eval_accuracy", "eval_loss", "step", "wall_time_s")
 
@@ -269,10 +271,12 @@ def _sampler(optuna, search: Search, number: int):
         return optuna.samplers.RandomSampler(seed=seed)
     if search.method == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.QMCSampler(
-        qmc_type="sobol", scramble=True, seed=search.seed % 2**32,
-        independent_sampler=optuna.samplers.RandomSampler(seed=seed),
-        warn_independent_sampling=False)
+    with warnings.catch_warnings():  # marked experimental in Optuna
+        warnings.simplefilter("ignore")
+        return optuna.samplers.QMCSampler(
+            qmc_type="sobol", scramble=True, seed=search.seed % 2**32,
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+            warn_independent_sampling=False)
 
 
 def _pruner(optuna, name: str):
@@ -387,7 +391,8 @@ def _serialised(workdir: str) -> Iterator[None]:
 
 def _next_trial(optuna, study, search: Search):
     """A stale RUNNING trial to resume, else a new one while the study has room, else None;
-    claimed. Returns ``(trial, claim, resumed)``."""
+    claimed and sampled (under the search's lock: the quasi-random sequence's counter is read
+    and advanced by one worker at a time). Returns ``(trial, claim, resumed, params)``."""
     RUNNING = optuna.trial.TrialState.RUNNING
     with _serialised(search.workdir):
         trials = study.get_trials(deepcopy=False)
@@ -399,14 +404,15 @@ def _next_trial(optuna, study, search: Search):
             # in a shared database whose other hosts' claims are not on this filesystem.
             if (claim.exists() or search.storage_name.endswith("study.journal")) and claim.take():
                 study.sampler = _sampler(optuna, search, t.number)
-                return optuna.trial.Trial(study, t._trial_id), claim, True
+                trial = optuna.trial.Trial(study, t._trial_id)
+                return trial, claim, True, _suggest(trial, search.axes)
         if len(trials) >= search.trials:
-            return None, None, False
+            return None, None, False, {}
         trial = study.ask()
         claim = Claim(search.workdir, trial.number)
         claim.take()
         study.sampler = _sampler(optuna, search, trial.number)
-        return trial, claim, False
+        return trial, claim, False, _suggest(trial, search.axes)
 
 
 def run(search: Search, *, train_fn: Callable[..., dict] | None = None,
@@ -421,10 +427,9 @@ def run(search: Search, *, train_fn: Callable[..., dict] | None = None,
     trained, overhead, hooks = 0, 0.0, [0.0]
     while True:
         start = time.perf_counter()
-        trial, claim, resumed = _next_trial(optuna, study, search)
+        trial, claim, resumed, params = _next_trial(optuna, study, search)
         if trial is None:
             break
-        params = _suggest(trial, search.axes)
         config, typed = overrides_lib.apply(search.config, params, where="sweep")
         workdir = os.path.join(search.workdir, trial_name(trial.number))
         log(f"search trial {trial.number} of {search.trials}"
@@ -471,6 +476,10 @@ def run(search: Search, *, train_fn: Callable[..., dict] | None = None,
             write_plots(study, search)
         with open(os.path.join(search.workdir, "results.md")) as f:
             log(f.read().rstrip())
+    if trained:
+        log(f"search overhead: {(overhead + hooks[0]) / trained:.3f} s per trial over {trained} "
+            f"trials (sampling, storage, tables: {overhead / trained:.3f} s; pruning checks: "
+            f"{hooks[0] / trained:.3f} s)")
     return {"trials": trained, "overhead_s": overhead, "pruning_checks_s": hooks[0]}
 
 
@@ -494,7 +503,7 @@ def rows(study, search: Search) -> list[dict[str, Any]]:
         params = {a.key: _param(a, t.params[a.key]) for a in search.axes if a.key in t.params}
         value = _value_of(t)
         steps = max(t.intermediate_values) if t.intermediate_values else ""
-        row = {"trial": t.number, "state": t.state.name.lower(),
+        row = {"trial": t.number, "state": STATES.get(t.state.name, t.state.name.lower()),
                **{k: _format(v) for k, v in params.items()},
                search.objective: "" if value is None else value,
                "step": summary.get("step", steps)}
