@@ -238,6 +238,9 @@ def plan(config: ml_collections.ConfigDict, axes: dict[str, Any] | None, workdir
             config_lib.validate(point, device_count)
         except ConfigError as e:
             raise ConfigError(f"sweep search at {_name(typed)}: {e}") from None
+    if jax.process_count() > 1:
+        raise ConfigError("a search trains each trial on one host's devices; launch one worker "
+                          "per host (the same command, without --num_processes)")
     optuna = optuna_module()
     workdir = os.path.abspath(workdir)
     if storage:

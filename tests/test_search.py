@@ -194,6 +194,18 @@ def test_a_relaunch_with_another_space_is_refused(data_dir, tmp_path):
         search.open_study(_plan(config, "optimizer.learning_rate=uniform(0.01,0.2)", tmp_path))
 
 
+def test_a_study_in_a_storage_url_is_named_after_the_workdir(data_dir, tmp_path):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    config = tiny_config(data_dir)
+    for name in ("a", "b"):  # two searches in one database
+        plan = _plan(config, "optimizer.learning_rate=uniform(0.01,0.1)", tmp_path / name,
+                     storage=url)
+        search.open_study(plan).enqueue_trial({"optimizer.learning_rate": 0.05})
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(url))
+    assert names == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert not (tmp_path / "a").exists()  # the study is in the database, not the workdir
+
+
 def test_results_are_sorted_by_the_objective_with_each_state(data_dir, tmp_path):
     config = tiny_config(data_dir)
     plan = _plan(config, "optimizer.learning_rate=uniform(0.01,0.1)", tmp_path,
