@@ -13,16 +13,17 @@ Sobol, tpe), seeded from the config's ``seed``; trial ``k``'s sampler is seeded 
 reproducible.
 
 The study lives in ``W/study.journal`` (Optuna's ``JournalFileBackend``: an append-only log,
-each record one ``write`` followed by ``fsync``, under a symlink lock that works on NFS and that
-a killed holder gives up after 30 s), or in ``--sweep_storage=URL``. Trial ``k`` trains in
-``W/trial_000k`` like a grid point, so it checkpoints and resumes exactly. While a worker trains
-a trial it holds ``flock`` on ``W/claims/trial_000k``: the kernel drops it the moment that
-worker dies, however it dies, so a RUNNING trial whose claim is free is stale and the next
-launch resumes it from its checkpoint instead of sampling a new one (Optuna's heartbeats would
-need a grace period, and misjudge a trial whose worker is merely slow). Each evaluation of the
-loop is reported to ``--sweep_pruner``; a pruned trial stops there, its checkpoint committed,
-and is marked pruned. ``W/results.md``/``results.csv`` list the trials sorted by the objective,
-with the best trial's command line, and ``W/plots/*.png`` are Optuna's matplotlib plots.
+each record one ``write`` followed by ``fsync``, under ``flock`` on ``W/study.journal.flock``,
+which the kernel releases when a writer is killed), or in ``--sweep_storage=URL``. Trial ``k``
+trains in ``W/trial_000k`` like a grid point, so it checkpoints and resumes exactly. While a
+worker trains a trial it holds ``flock`` on ``W/claims/trial_000k``: the kernel drops it the
+moment that worker dies, however it dies, so a RUNNING trial whose claim is free is stale and
+the next launch resumes it from its checkpoint instead of sampling a new one (Optuna's
+heartbeats would need a grace period, and misjudge a trial whose worker is merely slow). Each
+evaluation of the loop is reported to ``--sweep_pruner``; a pruned trial stops there, its
+checkpoint committed, and is marked pruned. ``W/results.md``/``results.csv`` list the trials
+sorted by the objective, with the best trial's command line, and ``W/plots/*.png`` are Optuna's
+matplotlib plots.
 """
 
 from __future__ import annotations
@@ -318,6 +319,27 @@ def _suggest(trial, axes: list[Axis]) -> dict[str, Any]:
     return params
 
 
+class JournalLock:
+    """The journal's writer lock: ``flock``, which the kernel drops when its holder dies, so a
+    worker killed while appending stalls no other (Optuna's own symlink lock makes them wait
+    30 s for a dead holder, then breaks it by age, which could also break a slow live one)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 def open_study(search: Search):
     """The study, created on the first launch; a relaunch must repeat its search."""
     optuna = optuna_module()
@@ -325,7 +347,8 @@ def open_study(search: Search):
         os.makedirs(search.workdir, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
-        search.storage = optuna.storages.JournalStorage(JournalFileBackend(search.storage_name))
+        search.storage = optuna.storages.JournalStorage(JournalFileBackend(
+            search.storage_name, lock_obj=JournalLock(search.storage_name + ".flock")))
     name = STUDY if search.storage_name.endswith("study.journal") else search.workdir
     pruner = _pruner(optuna, search.pruner)
     try:  # loading first: creating an existing study would append to its log
