@@ -164,7 +164,7 @@ def _print_config(config: ml_collections.ConfigDict, sections: list[str]) -> Non
         print("\n".join(config_lib.describe(config, key)))
 
 
-def _sweep_points(config, workdir: str):
+def _sweep_points(config, workdir: str | None = None):
     """The sweep's points (``--sweep`` or the config file's ``get_sweep()``), a search over
     ranges (``cnnjax.search.Search``), or None."""
     from cnnjax import search, sweep
@@ -184,6 +184,7 @@ def _sweep_points(config, workdir: str):
         command = ["python", "launch.py", f"--config={_CONFIG.value}",
                    *(f"{overrides.FLAG}{k}" + ("" if v is None else f"={v}")
                      for k, v in _OVERRIDES.items())]
+        workdir = workdir or _WORKDIR.value or default_workdir(_CONFIG.value)
         return search.plan(config, axes, workdir, command=command,
                            device_count=jax.device_count(), **given)
     points = sweep.grid(points) if points else sweep.from_config_file(path)
