@@ -97,6 +97,23 @@ _SWEEP = flags.DEFINE_string(
 _SWEEP_INDEX = flags.DEFINE_integer(
     "sweep_index", None, "Run only this point of the sweep (0-based; e.g. $SLURM_ARRAY_TASK_ID)."
 )
+_SWEEP_TRIALS = flags.DEFINE_integer(
+    "sweep_trials", None, "A search over ranges (--sweep='key=loguniform(a,b) ...'; also "
+    "uniform, int, intlog): how many trials the study samples in all, over every launch.")
+_SWEEP_METHOD = flags.DEFINE_string(
+    "sweep_method", None, "grid (comma lists), or for ranges random, quasirandom (default) or "
+    "tpe; seeded from the config's seed.")
+_SWEEP_OBJECTIVE = flags.DEFINE_string(
+    "sweep_objective", "eval_accuracy", "A search's objective: an evaluation metric; *_loss is "
+    "minimised, the others maximised (see --sweep_direction).")
+_SWEEP_DIRECTION = flags.DEFINE_string(
+    "sweep_direction", None, "maximize or minimize the objective (default: from its name).")
+_SWEEP_PRUNER = flags.DEFINE_string(
+    "sweep_pruner", None, "Stops weak trials after an evaluation: none (default), median, "
+    "successive_halving or hyperband.")
+_SWEEP_STORAGE = flags.DEFINE_string(
+    "sweep_storage", None, "A search's study in any storage URL Optuna opens (postgresql://..., "
+    "sqlite:///...) instead of <workdir>/study.journal.")
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/cnnjax/jax"),
     "JAX's persistent compilation cache: relaunches and sweep points reuse compiled programs. "
@@ -151,12 +168,29 @@ def _print_config(config: ml_collections.ConfigDict, sections: list[str]) -> Non
         print("\n".join(config_lib.describe(config, key)))
 
 
-def _sweep_points(config):
-    """The sweep's points (``--sweep`` or the config file's ``get_sweep()``), or None."""
-    from cnnjax import sweep
+def _sweep_points(config, workdir: str | None = None):
+    """The sweep's points (``--sweep`` or the config file's ``get_sweep()``), a search over
+    ranges (``cnnjax.search.Search``), or None."""
+    from cnnjax import search, sweep
 
     path = experiment_files.resolve(_CONFIG.value).partition(":")[0]
     points = sweep.parse_spec(_SWEEP.value) if _SWEEP.value is not None else None
+    given = {f.name[len("sweep_"):]: f.value for f in (
+        _SWEEP_TRIALS, _SWEEP_METHOD, _SWEEP_OBJECTIVE, _SWEEP_DIRECTION, _SWEEP_PRUNER,
+        _SWEEP_STORAGE) if f.present}
+    axes = points if points is not None else sweep.from_config_file(path, raw=True)
+    if search.ranged(config, axes) or (given and given.get("method") != "grid"):
+        if _SWEEP_INDEX.value is not None:
+            _fail("--sweep_index is for grids; a search's workers share one study: launch the "
+                  "same command once per array task")
+        import jax
+
+        command = ["python", "launch.py", f"--config={_CONFIG.value}",
+                   *(f"{overrides.FLAG}{k}" + ("" if v is None else f"={v}")
+                     for k, v in _OVERRIDES.items())]
+        workdir = workdir or _WORKDIR.value or default_workdir(_CONFIG.value)
+        return search.plan(config, axes, workdir, command=command,
+                           device_count=jax.device_count(), **given)
     points = sweep.grid(points) if points else sweep.from_config_file(path)
     if points is None:
         if _SWEEP_INDEX.value is not None:
@@ -279,12 +313,16 @@ def main(argv: list[str]) -> int:
     try:
         if _MODE.value != "train":
             _use_run(_MODE.value)
-        elif (points := _sweep_points(config)) is not None:
-            from cnnjax import sweep
+        elif (points := _sweep_points(config, workdir)) is not None:
+            from cnnjax import search, sweep
 
-            sweep.run(points, workdir, _SWEEP_INDEX.value,
-                      allow_config_change=_ALLOW_CHANGE.value,
-                      allow_data_change=_ALLOW_DATA_CHANGE.value)
+            if isinstance(points, search.Search):
+                search.run(points, allow_config_change=_ALLOW_CHANGE.value,
+                           allow_data_change=_ALLOW_DATA_CHANGE.value)
+            else:
+                sweep.run(points, workdir, _SWEEP_INDEX.value,
+                          allow_config_change=_ALLOW_CHANGE.value,
+                          allow_data_change=_ALLOW_DATA_CHANGE.value)
         else:
             training.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value,
                          allow_data_change=_ALLOW_DATA_CHANGE.value)

@@ -94,8 +94,9 @@ def grid(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
-def from_config_file(path: str) -> list[dict[str, Any]] | None:
-    """The points of ``get_sweep()`` in config file ``path`` (None if it has none)."""
+def from_config_file(path: str, raw: bool = False) -> list[dict[str, Any]] | None:
+    """The points of ``get_sweep()`` in config file ``path`` (None if it has none); ``raw``:
+    what it returned, a dict not yet expanded (a search's ranges, ``cnnjax.search``)."""
     spec = importlib.util.spec_from_file_location("_cnnjax_sweep_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -106,6 +107,8 @@ def from_config_file(path: str) -> list[dict[str, Any]] | None:
     except Exception as e:  # noqa: BLE001 -- the user's function: say which and why, one line
         raise config_lib.ConfigError(
             f"get_sweep() in {path} failed: {type(e).__name__}: {e}") from None
+    if isinstance(sweep, dict) and raw:
+        return dict(sweep)
     if isinstance(sweep, dict):
         return grid({k: list(v) for k, v in sweep.items()})
     if isinstance(sweep, (list, tuple)) and all(isinstance(p, dict) for p in sweep):

@@ -46,6 +46,16 @@ class Preempted(Exception):
         self.step = step
 
 
+class Stopped(Exception):
+    """Raised when ``run``'s ``on_eval`` asked to stop after an evaluation (a search's pruner),
+    once that step's checkpoint is committed."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(f"stopped after the evaluation of step {step}; its checkpoint is "
+                         f"committed in {workdir}/checkpoints")
+        self.step = step
+
+
 class NonFiniteError(RuntimeError):
     """The loss or the gradients stopped being finite under ``nan_policy='stop'``."""
 
@@ -147,11 +157,15 @@ def run(
     allow_config_change: bool = False,
     stop_at_step: int | None = None,
     allow_data_change: bool = False,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run described by ``config`` in ``workdir``.
 
     ``stop_at_step`` stops early as an interruption would (after saving a checkpoint), for a
-    run that a later call resumes. Returns the summary that is also printed. Raises
+    run that a later call resumes. ``on_eval(step, metrics)`` is called after each evaluation
+    with its metrics; returning True stops the run there: the step's checkpoint is saved and
+    committed, then ``Stopped`` is raised (a search's pruner). Returns the summary that is
+    also printed. Raises
     ``ConfigError`` before any work for a config that cannot run, ``Preempted`` after saving
     on SIGTERM/SIGINT, ``NonFiniteError`` under ``nan_policy='stop'``, and ``WriteError`` when
     a checkpoint, the metrics or another file of the workdir cannot be written (a full disk),
@@ -182,7 +196,7 @@ def run(
                     runrecord_lib.launched(workdir, job.start_step, data_id)
                     end = job.total_steps if stop_at_step is None else min(stop_at_step,
                                                                             job.total_steps)
-                    summary = finish(job, end, train_loop(job, end))
+                    summary = finish(job, end, train_loop(job, end, on_eval))
                     if end == job.total_steps:
                         runrecord_lib.finished(workdir, end)
                 except BaseException:
@@ -393,9 +407,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
     return job
 
 
-def train_loop(job: Job, end: int) -> dict[str, float]:
-    """Steps ``job`` to step ``end``; returns the last evaluation (``{}`` if none ran)."""
-    t, last_eval = job.config.train, {}
+def train_loop(job: Job, end: int,
+               on_eval: Callable[[int, dict[str, float]], bool] | None = None
+               ) -> dict[str, float]:
+    """Steps ``job`` to step ``end``; returns the last evaluation (``{}`` if none ran).
+    ``on_eval`` returning True after an evaluation before ``end`` raises ``Stopped``."""
+    t, last_eval, stop = job.config.train, {}, False
 
     def due(done: int, every: int) -> bool:
         return done % every == 0 or done == job.total_steps
@@ -415,13 +432,16 @@ def train_loop(job: Job, end: int) -> dict[str, float]:
                 record.update(job.log_window(done))
             if due(done, job.eval_every):
                 record.update(last_eval := job.evaluate(done))
+                stop = on_eval is not None and bool(on_eval(done, last_eval)) and done < end
             if record:
                 job.write(done, record)
             if preemption.requested():
                 job.save(done)
                 raise Preempted(done, job.workdir)  # once `job.close` has committed the save
-            if done % t.checkpoint_every_steps == 0 or done == end:
+            if done % t.checkpoint_every_steps == 0 or done == end or stop:
                 job.save(done)
+            if stop:
+                raise Stopped(done, job.workdir)  # once `job.close` has committed the save
     if preemption.requested():  # a signal while the last checkpoint was being committed
         raise Preempted(end, job.workdir)
     return last_eval
