@@ -221,8 +221,17 @@ def onnx_bytes(logits, image_shape) -> bytes:
     finally:
         quiet.setLevel(level)
 
+    import onnx
+
     model = jax2onnx.to_onnx(logits, [jax.ShapeDtypeStruct(("batch", *image_shape), jnp.uint8)],
                              model_name="cnnjax")
+    # jax2onnx 0.17.1's transpose-removal pass keeps the shape annotations of the values it
+    # rewrote, so a residual sum is annotated with an NCHW operand and an NHWC one, which
+    # onnxruntime rejects; the computation is right. The annotations are dropped and inferred
+    # again from the graph, and the result is checked as a whole.
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
 
 

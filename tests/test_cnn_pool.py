@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,3 +67,26 @@ def test_cnn_trains_with_the_same_gradients_as_nn_max_pool(monkeypatch):
     grads_ref = jax.grad(loss)(variables["params"])
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_plain_pool_cnn_gives_the_same_logits_and_gradients():
+    # fused_max_pool=False (the form ONNX export converts) is nn.max_pool itself
+    x = jax.random.normal(jax.random.key(4), (3, 12, 12, 1))
+    fused = CNN(num_classes=5, features=(4, 6), dense=(8,), batch_norm=True)
+    plain = fused.clone(fused_max_pool=False)
+    variables = fused.init(jax.random.key(5), x)
+
+    def loss(model, params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                mutable=["batch_stats"])
+        return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+    np.testing.assert_array_equal(plain.apply(variables, x), fused.apply(variables, x))
+    for a, b in zip(jax.tree.leaves(jax.grad(partial(loss, plain))(variables["params"])),
+                    jax.tree.leaves(jax.grad(partial(loss, fused))(variables["params"])),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    hlo = jax.jit(partial(loss, plain)).lower(variables["params"]).as_text()
+    assert "reduce_window" in hlo  # the plain pool is nn.max_pool's reduce-window
+    assert "reduce_window" not in jax.jit(partial(loss, fused)).lower(
+        variables["params"]).as_text()

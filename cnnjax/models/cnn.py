@@ -36,6 +36,13 @@ def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
     return layers.max_pool(x, window)
 
 
+def plain_max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+    """``nn.max_pool(x, window, strides=window)``, its window passed by keyword: the form
+    jax2onnx 0.17.1 converts with a symbolic batch (it rejects positional pooling arguments,
+    and :func:`max_pool`'s slices need a constant batch there)."""
+    return nn.max_pool(x, window_shape=window, strides=window)
+
+
 class ScratchConv(nn.Module):
     """``nn.Conv`` computed by :func:`cnnjax.ops.conv2d`, with the same parameters.
 
@@ -82,6 +89,9 @@ class CNN(nn.Module):
       ops: ``"lax"`` (``nn.Conv``, :func:`max_pool` (``nn.max_pool``'s values and gradients,
         faster on CPU) / ``nn.avg_pool``) or ``"scratch"`` (:mod:`cnnjax.ops`); the parameter
         tree is the same either way.
+      fused_max_pool: with ``ops="lax"``, the max-pool as fused strided slices (:func:`max_pool`,
+        faster on CPU); off, ``nn.max_pool`` (the same values and gradients), which ONNX
+        converters read with any batch size (``cnnjax.export.PORTABLE`` turns it off).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
     """
 
@@ -98,6 +108,7 @@ class CNN(nn.Module):
     batch_norm: bool = False
     dropout: float = 0.0
     ops: str = "lax"
+    fused_max_pool: bool = True
     dtype: Any = jnp.float32
     axis_name: str | None = None
 
@@ -110,7 +121,8 @@ class CNN(nn.Module):
             raise ValueError(f"ops must be 'lax' or 'scratch', got {self.ops!r}")
         scratch = self.ops == "scratch"
         pools = {
-            "max": (max_pool, partial(scratch_ops.max_pool, stride=window)),
+            "max": (max_pool if self.fused_max_pool else plain_max_pool,
+                    partial(scratch_ops.max_pool, stride=window)),
             "avg": (partial(nn.avg_pool, strides=window),
                     partial(scratch_ops.avg_pool, stride=window)),
             "none": (None, None),
