@@ -187,7 +187,7 @@ def _sweep_points(config, workdir: str | None = None):
         workdir = workdir or _WORKDIR.value or default_workdir(_CONFIG.value)
         return search.plan(config, axes, workdir, command=command,
                            device_count=jax.device_count(), **given)
-    points = sweep.grid(points) if points else sweep.from_config_file(path)
+    points = sweep.grid({k: list(v) for k, v in axes.items()}) if isinstance(axes, dict) else axes
     if points is None:
         if _SWEEP_INDEX.value is not None:
             _fail("--sweep_index needs --sweep or a config file with get_sweep()")

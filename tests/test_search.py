@@ -310,3 +310,19 @@ def test_get_sweep_ranges_from_a_config_file(tmp_path):
     """))
     assert sweep.from_config_file(str(path), raw=True) == {
         "optimizer.learning_rate": "loguniform(1e-4, 1)", "seed": [0, 1]}
+
+
+def test_a_config_files_ranges_make_a_search_on_the_command_line(tmp_path, capsys):
+    path = tmp_path / "exp.py"
+    path.write_text(textwrap.dedent("""
+        from experiments.default import get_config
+
+        def get_sweep():
+            return {"optimizer.learning_rate": "loguniform(0, 1)"}
+    """))
+    result = command(capsys, f"--config={path}", "--sweep_trials=2",
+                     f"--workdir={tmp_path / 'w'}")
+    assert (result.returncode, result.stderr) == (
+        2, "error: sweep axis optimizer.learning_rate=loguniform(0, 1): a log range must be "
+           "above 0; start it at a small positive value, e.g. loguniform(1e-6,1.0)\n")
+    assert not (tmp_path / "w").exists()
