@@ -179,7 +179,7 @@ def _sweep_points(config, workdir: str | None = None):
         _SWEEP_TRIALS, _SWEEP_METHOD, _SWEEP_OBJECTIVE, _SWEEP_DIRECTION, _SWEEP_PRUNER,
         _SWEEP_STORAGE) if f.present}
     axes = points if points is not None else sweep.from_config_file(path, raw=True)
-    if search.ranged(config, axes) or (given and given.get("method") != "grid"):
+    if search.ranged(config, axes) or any((k, v) != ("method", "grid") for k, v in given.items()):
         if _SWEEP_INDEX.value is not None:
             _fail("--sweep_index is for grids; a search's workers share one study: launch the "
                   "same command once per array task")
@@ -191,7 +191,7 @@ def _sweep_points(config, workdir: str | None = None):
         workdir = workdir or _WORKDIR.value or default_workdir(_CONFIG.value)
         return search.plan(config, axes, workdir, command=command,
                            device_count=jax.device_count(), **given)
-    points = sweep.grid(points) if points else sweep.from_config_file(path)
+    points = sweep.grid({k: list(v) for k, v in axes.items()}) if isinstance(axes, dict) else axes
     if points is None:
         if _SWEEP_INDEX.value is not None:
             _fail("--sweep_index needs --sweep or a config file with get_sweep()")

@@ -213,6 +213,10 @@ def plan(config: ml_collections.ConfigDict, axes: dict[str, Any] | None, workdir
                           "(a,b) ...' or get_sweep() returning {key: 'uniform(a,b)' | [values]}")
     parsed = parse_axes(config, axes)
     method = method or "quasirandom"
+    if method not in METHODS:
+        raise ConfigError(f"unknown --sweep_method={method}; choose one of {', '.join(METHODS)}")
+    if pruner is not None and pruner not in PRUNERS:
+        raise ConfigError(f"unknown --sweep_pruner={pruner}; choose one of {', '.join(PRUNERS)}")
     if not any(a.kind != "choice" for a in parsed):
         raise ConfigError("--sweep_trials, --sweep_method and the other --sweep_* flags are for "
                           "a search over ranges; give one axis as e.g. key=uniform(a,b) or "
@@ -220,10 +224,6 @@ def plan(config: ml_collections.ConfigDict, axes: dict[str, Any] | None, workdir
     if method == "grid":
         raise ConfigError("--sweep_method=grid takes comma lists only; sample ranges with "
                           "--sweep_method=random, quasirandom or tpe")
-    if method not in METHODS:
-        raise ConfigError(f"unknown --sweep_method={method}; choose one of {', '.join(METHODS)}")
-    if pruner is not None and pruner not in PRUNERS:
-        raise ConfigError(f"unknown --sweep_pruner={pruner}; choose one of {', '.join(PRUNERS)}")
     if trials is None or trials < 1:
         raise ConfigError("a search over ranges needs --sweep_trials=N, N >= 1 (how many "
                           "trials to sample)")

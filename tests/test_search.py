@@ -128,18 +128,24 @@ def test_bad_search_inputs_are_one_line_before_any_work(data_dir, tmp_path, spec
     assert "\n" not in str(error.value) and os.listdir(tmp_path) == []
 
 
-def test_without_optuna_search_flags_say_how_to_install_and_grids_run(
+def test_without_optuna_the_search_flags_say_how_to_install_it(
         tmp_path, data_dir, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # any `import optuna` now fails
-    env = {"TFDS_DATA_DIR": data_dir}
-    tiny = ["--config.train.num_steps=2", "--config.train.plots=False",
-            "--config.model.features=(8,16)", "--config.model.dense=(32,)"]
-    result = command(capsys, *tiny, "--sweep=optimizer.learning_rate=loguniform(1e-3,1)",
-                     "--sweep_trials=2", f"--workdir={tmp_path / 's'}", env=env)
+    result = command(capsys, "--sweep=optimizer.learning_rate=loguniform(1e-3,1)",
+                     "--sweep_trials=2", f"--workdir={tmp_path / 's'}",
+                     env={"TFDS_DATA_DIR": data_dir})
     assert (result.returncode, result.stderr) == (
         2, "error: hyperparameter search needs Optuna: pip install cnnjax[search]\n")
     assert not (tmp_path / "s").exists()
-    result = command(capsys, *tiny, "--sweep=seed=0", f"--workdir={tmp_path / 'g'}", env=env)
+
+
+@pytest.mark.e2e  # trains (a few seconds, most of it compiling)
+def test_grids_train_without_optuna(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    result = command(capsys, "--config.train.num_steps=2", "--config.train.plots=False",
+                     "--config.model.features=(8,16)", "--config.model.dense=(32,)",
+                     "--sweep=seed=0", f"--workdir={tmp_path / 'g'}",
+                     env={"TFDS_DATA_DIR": data_dir})
     assert result.returncode == 0, result.stderr
     assert sweep.is_finished(str(tmp_path / "g" / "seed=0"))
 
@@ -149,6 +155,7 @@ def _rows(workdir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.e2e  # trains (20 s on 2 cores, most of it compiling for 8 devices)
 def test_a_pruned_trial_stops_with_its_checkpoint_and_is_never_resumed(
         data_dir, tmp_path, capsys, monkeypatch):
     config = tiny_config(data_dir, num_steps=4, eval_every_steps=2, log_every_steps=2,
@@ -310,3 +317,19 @@ def test_get_sweep_ranges_from_a_config_file(tmp_path):
     """))
     assert sweep.from_config_file(str(path), raw=True) == {
         "optimizer.learning_rate": "loguniform(1e-4, 1)", "seed": [0, 1]}
+
+
+def test_a_config_files_ranges_make_a_search_on_the_command_line(tmp_path, capsys):
+    path = tmp_path / "exp.py"
+    path.write_text(textwrap.dedent("""
+        from experiments.default import get_config
+
+        def get_sweep():
+            return {"optimizer.learning_rate": "loguniform(0, 1)"}
+    """))
+    result = command(capsys, f"--config={path}", "--sweep_trials=2",
+                     f"--workdir={tmp_path / 'w'}")
+    assert (result.returncode, result.stderr) == (
+        2, "error: sweep axis optimizer.learning_rate=loguniform(0, 1): a log range must be "
+           "above 0; start it at a small positive value, e.g. loguniform(1e-6,1.0)\n")
+    assert not (tmp_path / "w").exists()
