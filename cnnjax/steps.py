@@ -187,7 +187,7 @@ def train_step_per_device(
     # means is the global mean: gradients equal a one-device step on the whole batch.
     grads = lax.pmean(grads, parallel.AXIS)
     if sam_rho:  # SAM: the gradient at params + rho * g / ||g|| (loss, logits and stats: at params)
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         ascent = jax.tree.map(lambda p, g: p + sam_rho * g / norm, state.params, grads)
         grads = lax.pmean(jax.grad(lambda p: loss_fn(p)[0])(ascent), parallel.AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

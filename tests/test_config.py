@@ -14,10 +14,12 @@ def test_defaults_validate():
          "unknown config key 'optimizer.lerning_rate'; did you mean 'optimizer.learning_rate'?"),
         (lambda c: setattr(c.optimizer, "learning_rate", 0.0),
          "optimizer.learning_rate must be > 0, got 0.0"),
-        (lambda c: setattr(c.optimizer, "name", "lamb"),
-         "unknown optimizer 'lamb'; choose one of: sgd, adam, adamw"),
-        (lambda c: setattr(c.optimizer, "schedule", "linear"),
-         "unknown schedule 'linear'; choose one of: constant, cosine, piecewise"),
+        (lambda c: setattr(c.optimizer, "name", "lbfgs"),
+         "unknown optimizer 'lbfgs'; choose one of: sgd, adam, adamw, lamb, lars, lion, "
+         "rmsprop, adafactor, muon, schedule_free_adamw, schedule_free_sgd"),
+        (lambda c: setattr(c.optimizer, "schedule", "inverse_sqrt"),
+         "unknown schedule 'inverse_sqrt'; choose one of: constant, cosine, piecewise, linear, "
+         "polynomial, exponential, onecycle, cosine_restarts"),
         (lambda c: setattr(c.train, "num_epochs", -1.0), "train.num_epochs must be >= 0, got -1.0"),
         (lambda c: setattr(c.data, "batch_size", 0), "data.batch_size must be > 0, got 0"),
         (lambda c: setattr(c.data, "batch_size", 12),

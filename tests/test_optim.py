@@ -326,7 +326,7 @@ def test_sam_update_is_the_gradient_at_the_perturbed_point():
     state, step, batch, loss = _step_setup(sam_rho=rho)
     params = jax.device_get(state.params)
     g = jax.grad(loss)(params, 0, 16)
-    norm = optax.global_norm(g)
+    norm = optax.tree.norm(g)
     ascent = jax.tree.map(lambda p, gi: p + rho * gi / norm, params, g)
     expected = jax.tree.map(lambda p, gi: p - 0.1 * gi, params, jax.grad(loss)(ascent, 0, 16))
     new, _ = step(state, batch(0, 16))
@@ -358,6 +358,7 @@ def test_accumulating_k_batches_equals_one_step_on_a_k_times_larger_batch():
 # ------------------------------------------------------------------ through training.run
 
 
+@pytest.mark.e2e  # three launches of training.run and an evaluation: about 12 s on a free CPU
 def test_schedule_free_accumulated_run_resumes_exactly_and_evaluates_its_average(tmp_path,
                                                                                  data_dir):
     import os
