@@ -7,8 +7,8 @@
 Hugging Face Hub (``timm/<arch>.tv_in1k``: one ``model.safetensors``, readable without torch),
 pinned to a revision, with torchvision's own URL as the alternative. The file is downloaded
 with ``huggingface_hub`` (its cache, ``HF_HOME``/``HF_HUB_CACHE``; ``HF_ENDPOINT``;
-``HF_HUB_OFFLINE``; its progress bar; an interrupted download resumes from its
-``.incomplete`` file), its SHA-256 checked, converted with ``cnnjax.models.pretrained`` and
+``HF_HUB_OFFLINE``; its progress bar; a connection lost mid-file resumes with an HTTP range
+where it stopped), its SHA-256 checked, converted with ``cnnjax.models.pretrained`` and
 the Orbax checkpoint cached in ``$CNNJAX_HOME/weights/<name>-<sha256[:16]>`` (``CNNJAX_HOME``
 defaults to ``$XDG_CACHE_HOME/cnnjax``, that is ``~/.cache/cnnjax``). A later launch reads the
 cache and converts nothing. A file whose digest is wrong is deleted, never converted.
