@@ -14,7 +14,7 @@ import warnings
 import ml_collections
 from absl import app, flags, logging
 
-from cnnjax import experiment_files, overrides, signals
+from cnnjax import errors, experiment_files, overrides, signals
 from cnnjax.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_PREEMPTED, ConfigError, WriteError
 
 USAGE = """cnnjax: trains convolutional networks in JAX/Flax, checkpointed and exactly resumable.
@@ -215,7 +215,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS([argv[0], *rest])
     except flags.Error as e:
-        _fail(f"{str(e).splitlines()[0]}; see --help")
+        _fail(f"{errors.first_line(e)}; see --help")
 
 
 def main(argv: list[str]) -> int:

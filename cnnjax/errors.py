@@ -108,6 +108,13 @@ def writing(what: str, path: str | None = None) -> Iterator[None]:
         raise WriteError(what, path or what, code) from e
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of ``error``'s message, cut to ``limit`` characters (a
+    library's message can run to pages); the error's type name when the message is empty."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0].strip()[:limit] if lines else type(error).__name__
+
+
 def warn(message: str) -> None:
     """A problem cnnjax works around (a skipped corrupt image, say): one line on stderr."""
     print(f"warning: {message}", file=sys.stderr, flush=True)

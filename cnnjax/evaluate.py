@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from cnnjax import checkpoint, files, models, parallel, steps
+from cnnjax import checkpoint, errors, files, models, parallel, steps
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
 from cnnjax import metrics as metrics_lib
@@ -117,7 +117,7 @@ def load_run(workdir: str, which: str = "latest", ema: bool = False) -> Run:
     try:
         state, progress = checkpoint.read_step(directory, step)
     except Exception as e:  # noqa: BLE001 -- files missing or damaged: one line naming it
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = errors.first_line(e)
         raise config_lib.ConfigError(
             f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {reason}); "
             "choose another with --checkpoint=STEP (there are: "
@@ -301,7 +301,7 @@ def load_inputs(spec: str, image_shape: Sequence[int]) -> tuple[list[str], np.nd
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise config_lib.ConfigError(
                 f"input {p} is not an image PIL can read ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); pass image files (.png, "
+                f"{errors.first_line(e)}); pass image files (.png, "
                 ".jpg, ...) or one .npz") from None
     return paths, np.stack(images)
 

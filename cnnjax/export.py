@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import errors, evaluate, files, steps
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, first_line
 from cnnjax.models import layers
 
 FORMATS = ("stablehlo", "onnx")
@@ -269,7 +269,7 @@ def convert(model: nn.Module, variables: Any, info, images: np.ndarray, fmt: str
             blob = onnx_bytes(logits, info.image_shape)
             got = run_onnx(blob, images)
     except Exception as e:  # noqa: BLE001 -- a converter's or runtime's refusal: one line
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        first = first_line(e, 300)
         raise ConfigError(f"{name} cannot be exported as {fmt} ({type(e).__name__}: "
                           f"{first}); nothing was written") from None
     difference = relative_difference(got, want)

@@ -59,7 +59,7 @@ def check_input_shape(model, info: data_lib.DatasetInfo, model_name: str) -> Non
     try:
         jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros(shape)))
     except Exception as e:  # any shape error inside the model, reported in one line
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        reason = errors.first_line(e, 160)
         h, w, c = info.image_shape
         raise config_lib.ConfigError(
             f"model {model_name!r} cannot take the {h}x{w}x{c} images of {info.name!r} "

@@ -117,8 +117,6 @@ class CifarResNet(_Layers, nn.Module):
     @nn.compact
     @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
-        if (self.depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {self.depth}")
         if self.shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
         n = (self.depth - 2) // 6
@@ -259,8 +257,6 @@ class WideResNet(_Layers, nn.Module):
     @nn.compact
     @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
-        if (self.depth - 4) % 6:
-            raise ValueError(f"Wide ResNet depth must be 6n + 4, got {self.depth}")
         n = (self.depth - 4) // 6
         x = jnp.asarray(x, self.dtype)
         x = self.conv(16, 3, name="conv1")(x)

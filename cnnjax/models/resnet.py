@@ -141,10 +141,7 @@ class ResNet(nn.Module):
         block_cls = BLOCKS[self.block] if isinstance(self.block, str) else self.block
         extra = ({"materialize_on_cpu": self.materialize_on_cpu}
                  if isinstance(block_cls, type) and issubclass(block_cls, _Block) else {})
-        if (self.groups, self.width_per_group) != (1, 64):
-            if block_cls is not Bottleneck:
-                raise ValueError("groups and width_per_group need block='bottleneck' (as in "
-                                 "torchvision, BasicBlock only supports groups=1, width 64)")
+        if (self.groups, self.width_per_group) != (1, 64):  # check_fields: a bottleneck
             extra.update(groups=self.groups, width_per_group=self.width_per_group)
         x = jnp.asarray(x, self.dtype)
         if self.space_to_depth_stem:
