@@ -68,7 +68,7 @@ def to_floats(steps: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
 
 def summarize_eval(sums: dict[str, Any]) -> dict[str, float]:
     """Summed eval metrics -> loss, top-1 and top-5 accuracy over the counted examples."""
-    s = {k: float(v) for k, v in jax.device_get(sums).items()}
+    s = {k: float(v) for k, v in jax.device_get(sums).items() if k != "confusion"}
     n = max(s["count"], 1.0)
     return {
         "eval_loss": s["loss"] / n,

@@ -42,7 +42,7 @@ def install_kill(moment: str) -> None:
                 die()
         around(checkpoint.Checkpointer, "save", after=after_save)
     elif kind == "eval":
-        around(training, "_eval", before=nth(n, die))
+        around(training.Job, "evaluate", before=nth(n, die))
     elif kind == "jsonl":
         def tear(self, step, values):  # a line cut short by the kill, as a torn append
             import json

@@ -44,7 +44,7 @@ def install(moment: str, signals: list[int]) -> None:
         # Sent from a thread once the import has begun: the main thread is inside it.
         sys.meta_path.insert(0, _OnImport("jax", fire))
         return
-    from cnnjax import checkpoint, evaluate, plot_data, steps, training
+    from cnnjax import checkpoint, plot_data, run, steps, training
     from cnnjax.data import loader, sources
 
     if moment == "prepare":
@@ -68,7 +68,7 @@ def install(moment: str, signals: list[int]) -> None:
     elif moment == "train":
         around(loader.InMemoryLoader, "batch", before=lambda self, step: step == 3 and fire())
     elif moment == "eval":
-        around(training, "_eval", before=nth(1, fire))
+        around(training.Job, "evaluate", before=nth(1, fire))
     elif moment == "save":
         # The signals arrive while the first checkpoint is written, and the commit that a
         # preemption waits for is slowed down, so that a second signal lands inside it.
@@ -79,7 +79,7 @@ def install(moment: str, signals: list[int]) -> None:
     elif moment == "plots":
         around(plot_data, "write_plots", before=fire)
     elif moment == "evaluate":
-        around(evaluate, "evaluate", before=fire)
+        around(run, "evaluation", before=fire)
     else:
         raise SystemExit(f"unknown moment {moment!r}")
 

@@ -127,7 +127,8 @@ def test_a_file_over_the_tolerance_is_not_written(tiny_run, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["export", "--workdir={run}", "--format=tflite"], "flag --format=tflite"),
+    (["export", "--workdir={run}", "--format=tflite"],
+     "unknown export format 'tflite'; choose one of stablehlo, onnx"),
     (["export", "--workdir={empty}"], "no checkpoint in"),
     (["export"], "--mode=export needs --workdir=W"),
     (["export", "--workdir={run}", "--tolerance=-1"], "tolerance must be a number >= 0"),

@@ -140,7 +140,6 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ops": (lambda v: v in ("lax", "scratch"), "'lax' or 'scratch'"),
     "block": (lambda v: v in ("basic", "bottleneck"), "'basic' or 'bottleneck'"),
     "shortcut": (lambda v: v in ("A", "B"), "'A' or 'B'"),
-    "conv_impl": (lambda v: v in ("auto", "xla"), "'auto' or 'xla'"),
 }
 
 

@@ -30,11 +30,10 @@ class _Layers:
 
     dtype: Any
     axis_name: str | None
-    materialize_on_cpu: bool
 
     def conv(self, features, kernel=3, strides=1, name=None):
-        conv = blocks.conv(features, kernel, strides=strides, dtype=self.dtype, name=name)
-        return (lambda x: conv(layers.in_memory(x))) if self.materialize_on_cpu else conv
+        return layers.materialized(
+            blocks.conv(features, kernel, strides=strides, dtype=self.dtype, name=name))
 
     def norm(self, train, name=None):
         return blocks.batch_norm(train, axis_name=self.axis_name, dtype=self.dtype, name=name)
@@ -58,7 +57,6 @@ class CifarBasicBlock(_Layers, nn.Module):
     shortcut: str = "A"
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -91,13 +89,6 @@ class CifarResNet(_Layers, nn.Module):
         convolution + BatchNorm projection where the shape changes, identity elsewhere).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
-        effect on other platforms; its effect:
-        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
-      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
-        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
-        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
@@ -105,8 +96,6 @@ class CifarResNet(_Layers, nn.Module):
     shortcut: str = "A"
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -115,7 +104,6 @@ class CifarResNet(_Layers, nn.Module):
                              f"110, ...), got {fields['depth']}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         if self.shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
@@ -128,7 +116,6 @@ class CifarResNet(_Layers, nn.Module):
                 x = CifarBasicBlock(
                     width, strides=2 if i > 0 and j == 0 else 1, shortcut=self.shortcut,
                     dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
-                    materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         return self.head(x, self.num_classes).astype(jnp.float32)
@@ -152,7 +139,6 @@ class PreActBlock(_Layers, nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -177,24 +163,14 @@ class PreActResNet(_Layers, nn.Module):
       stage_sizes: blocks in each stage; the stages have 64, 128, 256, 512 channels.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
-        effect on other platforms; its effect:
-        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
-      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
-        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
-        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
-    conv_impl: str = "auto"
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = self.conv(64, 3, name="conv1")(x)
@@ -203,7 +179,6 @@ class PreActResNet(_Layers, nn.Module):
                 x = PreActBlock(
                     64 * 2**i, strides=2 if i > 0 and j == 0 else 1,
                     dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
-                    materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
         # The last unit's sum is followed by one more activation (He et al. 2016, section 4.1).
         x = nn.relu(self.norm(train, "bn_final")(x))
@@ -230,13 +205,6 @@ class WideResNet(_Layers, nn.Module):
         dropout runs; needs a ``"dropout"`` rng in training when non-zero).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
-        effect on other platforms; its effect:
-        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
-      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
-        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
-        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
@@ -245,8 +213,6 @@ class WideResNet(_Layers, nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -255,7 +221,6 @@ class WideResNet(_Layers, nn.Module):
                              f"...), got {fields['depth']}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         n = (self.depth - 4) // 6
         x = jnp.asarray(x, self.dtype)
@@ -265,7 +230,7 @@ class WideResNet(_Layers, nn.Module):
                 x = PreActBlock(
                     width * self.widen_factor, strides=2 if i > 0 and j == 0 else 1,
                     dropout=self.dropout, dtype=self.dtype, axis_name=self.axis_name,
-                    name=f"layer{i + 1}_{j}", materialize_on_cpu=self.materialize_on_cpu,
+                    name=f"layer{i + 1}_{j}",
                 )(x, train=train)
         x = nn.relu(self.norm(train, "bn_final")(x))
         x = jnp.mean(x, axis=(1, 2))

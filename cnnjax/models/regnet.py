@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax.models import blocks, layers, register
+from cnnjax.models import blocks, register
 
 dense_init = nn.initializers.normal(0.01)  # torchvision's for the classifier, zero bias
 
@@ -136,7 +136,6 @@ class RegNet(blocks.ConvNormAct):
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       bn_eps, bn_momentum: BatchNorm's epsilon and PyTorch-convention momentum.
-      conv_impl: as for EfficientNet.
     """
 
     num_classes: int = 1000
@@ -148,7 +147,6 @@ class RegNet(blocks.ConvNormAct):
     bottleneck_multiplier: float = 1.0
     se_ratio: float = 0.25
     stem_width: int = 32
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -162,7 +160,6 @@ class RegNet(blocks.ConvNormAct):
                                  f"{fields[key]!r}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = self.conv_bn(x, self.stem_width, 3, train, "stem", strides=2, act=nn.relu)
