@@ -176,9 +176,11 @@ def evaluation(run: Run) -> evaluate.Evaluation:
     batch size and summation order): the numbers equal the loop's. Every process calls it."""
     mesh = parallel.make_mesh()
     data = run.eval_data(jax.process_index(), jax.process_count())
-    model = models.from_config(run.config.model, run.info.num_classes, axis_name=parallel.AXIS)
+    # The run's own model: in evaluation BatchNorm reads its running statistics, so the
+    # loop's device axis (axis_name) changes nothing.
     with layers.performing(run.config.performance):
-        eval_step = steps.make_eval_step(mesh, model=model, mean=run.info.mean, std=run.info.std)
+        eval_step = steps.make_eval_step(mesh, model=run.model, mean=run.info.mean,
+                                         std=run.info.std)
         return evaluate.evaluation(
             eval_step, jax.device_put(run.variables, parallel.replicated(mesh)),
             data.eval_batches(run.config.data.eval_batch_size), mesh)
