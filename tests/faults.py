@@ -49,19 +49,20 @@ def around(owner: Any, name: str, before: Callable | None = None,
     replace(owner, name, make)
 
 
-def nth(n: int, action: Callable[[], Any]) -> Callable[..., None]:
-    """A callback that runs ``action()`` on its ``n``-th call (counting from 1), only then."""
+def nth(n: int, action: Callable[..., Any]) -> Callable[..., None]:
+    """A callback that passes its arguments to ``action`` on its ``n``-th call (counting from
+    1), only then."""
     calls = [0]
 
-    def callback(*_args, **_kwargs):
+    def callback(*args, **kwargs):
         calls[0] += 1
         if calls[0] == n:
-            action()
+            action(*args, **kwargs)
 
     return callback
 
 
-def die() -> None:
+def die(*_args, **_kwargs) -> None:
     """SIGKILL: no handler, no cleanup, as a machine that loses power."""
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGKILL)
