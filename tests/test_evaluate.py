@@ -59,15 +59,18 @@ def test_a_run_passes_once_over_the_test_split_per_evaluation_and_eval_mode_repe
         evaluations.append(evaluation(*args, **kwargs))
         return evaluations[-1]
 
-    monkeypatch.setattr(data_lib, "build", lambda *a, **k: counting(build(*a, **k)))
+    builds = []  # the training split is read only by data.build
+    monkeypatch.setattr(data_lib, "build",
+                        lambda *a, **k: builds.append(1) or counting(build(*a, **k)))
     monkeypatch.setattr(data_lib, "build_eval", lambda *a, **k: counting(build_eval(*a, **k)))
     monkeypatch.setattr(evaluate, "evaluation", recorded)
     workdir = str(tmp_path / "run")
     training.run(tiny_config(data_dir), workdir)  # evaluates at steps 10 and 20, plots on
     assert len(passes) == len(evaluations) == 2  # the plots' confusion is step 20's
     assert os.path.isfile(os.path.join(workdir, "plots", "confusion_matrix.png"))
+    del builds[:]
     result = run_lib.run_eval(workdir)
-    assert len(passes) == 3
+    assert len(passes) == 3 and not builds  # the test split alone
     last = evaluations[1]
     assert result["confusion_matrix"] == last.confusion.tolist()
     for key in EVAL_KEYS:
