@@ -82,12 +82,12 @@ def load(workdir: str, checkpoint: str = "best", *, ema: bool = False):
     """
     import logging
 
-    from cnnjax import evaluate, trained
+    from cnnjax import run
 
     absl = logging.getLogger("absl")  # Orbax warns that the directory it reads is read-only
     level = absl.level
     absl.setLevel(max(level, logging.ERROR))
     try:
-        return trained.Run.of(evaluate.load_run(workdir, str(checkpoint), ema))
+        return run.load(workdir, str(checkpoint), ema)
     finally:
         absl.setLevel(level)

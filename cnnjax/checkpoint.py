@@ -35,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cnnjax import errors, files
+from cnnjax.errors import first_line
 
 BEST_DIR = "best_checkpoint"
 
@@ -212,7 +213,7 @@ class Checkpointer:
                 return self.restore(step, like)
             except Exception as e:  # any read failure means: fall back to an older one
                 path = os.path.join(self.directory, str(step))
-                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else repr(e)
+                reason = first_line(e)
                 aside = self._move_aside(step)
                 warn(
                     f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {reason}); "

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 
 import ml_collections
 from absl import app, flags, logging
 
-from cnnjax import experiment_files, overrides, signals
-from cnnjax.errors import EXIT_CONFIG, EXIT_NONFINITE, EXIT_PREEMPTED, ConfigError, WriteError
+from cnnjax import errors, experiment_files, overrides, signals
+from cnnjax.errors import EXIT_CONFIG, ConfigError
 
 USAGE = """cnnjax: trains convolutional networks in JAX/Flax, checkpointed and exactly resumable.
 
@@ -42,7 +43,76 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_CONFIG)
 
 
-MODES = ("train", "eval", "predict", "visualize", "explain", "export")
+def _on_run(mode: str) -> None:
+    """What every mode on a trained run checks first: --workdir names one."""
+    signals.set_stage(signals.STARTING, f"before --mode={mode} wrote anything")
+    if not _WORKDIR.value:
+        _fail(f"--mode={mode} needs --workdir=W, the workdir of a trained run")
+
+
+def _eval(_config: ml_collections.ConfigDict) -> None:
+    from cnnjax import run
+
+    _on_run("eval")
+    run.run_eval(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
+
+
+def _predict(_config: ml_collections.ConfigDict) -> None:
+    from cnnjax import run
+
+    _on_run("predict")
+    if not _INPUTS.value:
+        _fail("--mode=predict needs --inputs=a.png,b.png or --inputs=x.npz")
+    run.run_predict(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value, _EMA.value)
+
+
+def _visualize(_config: ml_collections.ConfigDict) -> None:
+    from cnnjax import run
+
+    _on_run("visualize")
+    run.run_visualize(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
+
+
+def _explain(_config: ml_collections.ConfigDict) -> None:
+    from cnnjax import run
+
+    _on_run("explain")
+    run.run_explain(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value, _EMA.value)
+
+
+def _export(_config: ml_collections.ConfigDict) -> None:
+    from cnnjax import run
+
+    _on_run("export")
+    run.run_export(_WORKDIR.value, _FORMAT.value, _CHECKPOINT.value, _EMA.value, _TOLERANCE.value)
+
+
+def _train(config: ml_collections.ConfigDict) -> None:
+    from cnnjax import training
+
+    workdir = _WORKDIR.value or default_workdir(_CONFIG.value)
+    allow = {"allow_config_change": _ALLOW_CHANGE.value,
+             "allow_data_change": _ALLOW_DATA_CHANGE.value}
+    if (points := _sweep_points(config, workdir)) is not None:
+        from cnnjax import search, sweep
+
+        if isinstance(points, search.Search):
+            search.run(points, **allow)
+        else:
+            sweep.run(points, workdir, _SWEEP_INDEX.value, **allow)
+    else:
+        training.run(config, workdir, **allow)
+
+
+# What each --mode runs, train first (the default): a new mode is one entry here.
+MODES: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
+    "train": _train,
+    "eval": _eval,
+    "predict": _predict,
+    "visualize": _visualize,
+    "explain": _explain,
+    "export": _export,
+}
 _OVERRIDES: dict[str, str | None] = {}  # --config.a.b=v, split out of argv by _parse_flags
 _CONFIG = flags.DEFINE_string(
     "config", "default", "A packaged config's name (default, mnist_cnn, ...; see --help) or the "
@@ -85,8 +155,8 @@ _INPUTS = flags.DEFINE_string(
     "inputs", None, "predict, explain: image files a.png,b.png or one x.npz (explain: default, "
     "the first 8 test images).")
 flags.DEFINE_alias("images", "inputs")
-_FORMAT = flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "onnx"],
-                            "export: StableHLO (jax.export) or ONNX (the [export] extra).")
+_FORMAT = flags.DEFINE_string("format", "stablehlo", "export: one of cnnjax.export.FORMATS: "
+                              "stablehlo (jax.export) or onnx (the [export] extra).")
 _TOLERANCE = flags.DEFINE_float(
     "tolerance", 1e-5, "export: the largest difference of the exported logits from the "
     "model's, relative to the largest logit, on 32 test images; over it nothing is written.")
@@ -201,33 +271,6 @@ def _sweep_points(config, workdir: str | None = None):
     return sweep.expand(config, points, jax.device_count())
 
 
-def _use_run(mode: str) -> None:
-    """--mode=eval/predict/visualize/explain/export on the run in --workdir."""
-    from cnnjax import evaluate, plot_data
-
-    signals.set_stage(signals.STARTING, f"before --mode={mode} wrote anything")
-    if not _WORKDIR.value:
-        _fail(f"--mode={mode} needs --workdir=W, the workdir of a trained run")
-    if mode == "eval":
-        evaluate.run_eval(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
-    elif mode == "predict":
-        if not _INPUTS.value:
-            _fail("--mode=predict needs --inputs=a.png,b.png or --inputs=x.npz")
-        evaluate.run_predict(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value, _EMA.value)
-    elif mode == "explain":
-        from cnnjax import explain
-
-        explain.run_explain(_WORKDIR.value, _INPUTS.value, _CHECKPOINT.value, _EMA.value)
-    elif mode == "export":
-        from cnnjax import export
-
-        export.check_request(_FORMAT.value, _TOLERANCE.value)  # before the checkpoint is read
-        run = evaluate.load_run(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
-        print(export.describe(export.export(run, _FORMAT.value, tolerance=_TOLERANCE.value)))
-    else:
-        plot_data.visualize(_WORKDIR.value, _CHECKPOINT.value, _EMA.value)
-
-
 def _help() -> str:
     from cnnjax import config as config_lib
 
@@ -253,28 +296,34 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS([argv[0], *rest])
     except flags.Error as e:
-        _fail(f"{str(e).splitlines()[0]}; see --help")
+        _fail(f"{errors.first_line(e)}; see --help")
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except Exception as e:  # the one handler: each error class carries its exit status
+        failure = errors.report(e)
+        if failure is None or (_VERBOSE.value and failure[1].startswith("error: ")):
+            raise
+        print(failure[1], file=sys.stderr, flush=True)
+        return failure[0]
+
+
+def _main(argv: list[str]) -> int:
     words = argv[1:]
     if words and words[0] == "weights":  # cnnjax weights list|download|verify: no run, no config
         from cnnjax import weights
 
-        try:
-            return weights.command(words[1:])
-        except ConfigError as e:
-            if _VERBOSE.value:
-                raise
-            _fail(str(e))
-    if words and words[0] in MODES[1:] and (not _MODE.present or _MODE.value == words[0]):
+        return weights.command(words[1:])
+    words, on_a_run = argv[1:], tuple(MODES)[1:]
+    if words and words[0] in on_a_run and (not _MODE.present or _MODE.value == words[0]):
         flags.FLAGS.mode, words = words[0], words[1:]  # cnnjax export --workdir=W
-    elif words and words[0] in MODES[1:]:
+    elif words and words[0] in on_a_run:
         _fail(f"{words[0]} and --mode={_MODE.value} ask for two things; give one")
     if words:
         _fail(f"unexpected arguments: {' '.join(words)}; flags take the form --name=value "
-              f"(a mode may come first as a word: {', '.join(MODES[1:])})")
-    on_a_run = ("eval", "predict", "visualize", "explain", "export")
+              f"(a mode may come first as a word: {', '.join(on_a_run)})")
     for flag, modes in (("inputs", ("predict", "explain")), ("checkpoint", on_a_run),
                         ("ema", on_a_run), ("format", ("export",)), ("tolerance", ("export",))):
         if flags.FLAGS[flag].present and _MODE.value not in modes:
@@ -291,63 +340,20 @@ def main(argv: list[str]) -> int:
         # loader workers' shared memory it frees after a stop.
         os.environ.setdefault("PYTHONWARNINGS",
                               "ignore::UserWarning:multiprocessing.resource_tracker")
-    try:
-        config, sections = _load_config()
-        if _PRINT_CONFIG.value:
-            _print_config(config, sections)
-            return 0
-    except ConfigError as e:
-        if _VERBOSE.value:
-            raise
-        _fail(str(e))
-    from cnnjax import parallel, training
+    config, sections = _load_config()
+    if _PRINT_CONFIG.value:
+        _print_config(config, sections)
+        return 0
+    from cnnjax import parallel
 
     try:
         parallel.initialize_distributed(
             _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
         )
     except ValueError as e:
-        _fail(str(e))
+        raise ConfigError(str(e)) from None
     parallel.enable_compilation_cache(_CACHE_DIR.value)
-    workdir = _WORKDIR.value or default_workdir(_CONFIG.value)
-    try:
-        if _MODE.value != "train":
-            _use_run(_MODE.value)
-        elif (points := _sweep_points(config, workdir)) is not None:
-            from cnnjax import search, sweep
-
-            if isinstance(points, search.Search):
-                search.run(points, allow_config_change=_ALLOW_CHANGE.value,
-                           allow_data_change=_ALLOW_DATA_CHANGE.value)
-            else:
-                sweep.run(points, workdir, _SWEEP_INDEX.value,
-                          allow_config_change=_ALLOW_CHANGE.value,
-                          allow_data_change=_ALLOW_DATA_CHANGE.value)
-        else:
-            training.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value,
-                         allow_data_change=_ALLOW_DATA_CHANGE.value)
-    except ConfigError as e:
-        if _VERBOSE.value:
-            raise
-        _fail(str(e))
-    except WriteError as e:  # a file of the run could not be written, a full disk above all
-        if _VERBOSE.value:
-            raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_PREEMPTED if e.resumable else EXIT_CONFIG
-    except OSError as e:  # a path of the workdir or the data that is not what it should be
-        if _VERBOSE.value or not e.filename:
-            raise
-        _fail(f"cannot use {e.filename} ({e.strerror}); make it the file or folder cnnjax "
-              "expects there, writable, or pass another path")
-    except training.Preempted as e:
-        print(e, file=sys.stderr, flush=True)
-        return EXIT_PREEMPTED
-    except training.NonFiniteError as e:
-        if _VERBOSE.value:
-            raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_NONFINITE
+    MODES[_MODE.value](config)
     return 0
 
 

@@ -9,6 +9,7 @@ range, unknown names, and a batch that the devices cannot share evenly.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -18,13 +19,16 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from cnnjax import data as data_lib
 from cnnjax import losses, metrics, models, optim, trackers, weights
 from cnnjax.errors import ConfigError
+from cnnjax.models import layers
 
 __all__ = ["ConfigError", "complete", "defaults", "diff", "model_config", "to_dict", "validate"]
 
 OPTIMIZERS = tuple(optim.OPTIMIZERS)  # the tables in optim.py are the one place to add one
-LOADERS = ("auto", "memory", "streaming", "dali")
+LOADERS = data_lib.LOADERS  # the table is the data package's
+CONV_IMPLS = layers.CONV_IMPLS
 SCHEDULES = tuple(optim.SCHEDULES)
 BEST_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "eval_ema_accuracy",
                 "eval_ema_top5_accuracy", "eval_ema_loss", "")
@@ -146,8 +150,21 @@ FIELDS: dict[str, tuple[Any, str]] = {
                                   "cnnjax[mlflow])"),
     "logging.mlflow.tracking_uri": ("", "the MLflow tracking URI; '' = MLflow's own "
                                     "($MLFLOW_TRACKING_URI, else ./mlruns)"),
+    "performance.conv_impl": (layers.Performance.conv_impl, "auto: depthwise, grouped and "
+                              "tiny-output convolutions computed faster on CPU; xla: lax's"),
+    "performance.materialize_on_cpu": (layers.Performance.materialize_on_cpu, "ResNets: each "
+                                       "block convolution's input into memory first on CPU"),
+    "performance.space_to_depth_stem": (layers.Performance.space_to_depth_stem,
+                                        "ResNet: the 7x7/2 stem on 2x2 pixel blocks"),
+    "performance.fused_max_pool": (layers.Performance.fused_max_pool,
+                                   "ResNet's and the CNN's max-pools as fused strided "
+                                   "slices"),
 }
-SECTIONS = ("seed", "model", "data", "optimizer", "init", "train", "logging")
+SECTIONS = ("seed", "model", "data", "optimizer", "init", "train", "logging", "performance")
+# How a run computes, not what: a change of these is no change of the run, so a resume with
+# another value goes ahead (cnnjax.models.layers.Performance; the same parameters and function).
+RUN_LEVEL = ("performance",)
+PERFORMANCE_FIELDS = tuple(f.name for f in dataclasses.fields(layers.Performance))
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -245,15 +262,30 @@ def complete(stored: dict[str, Any]) -> dict[str, Any]:
             out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
         return out
 
-    return merge(base, stored)
+    return merge(base, _moved_to_performance(stored))
+
+
+def _moved_to_performance(stored: dict[str, Any]) -> dict[str, Any]:
+    # Runs recorded before the speed switches left the model fields have them in the model
+    # section; they ran as those values, so they become the performance section's.
+    model = dict(stored.get("model") or {})
+    moved = {k: model.pop(k) for k in list(model) if k in PERFORMANCE_FIELDS}
+    if not moved:
+        return stored
+    return {**stored, "model": model, "performance": {**moved, **stored.get("performance", {})}}
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """The fields that differ between two config dicts, as ``key: old -> new`` text."""
-    a, b = _flat(old), _flat(new)
+    """The fields that differ between two config dicts, as ``key: old -> new`` text; the
+    ``RUN_LEVEL`` sections (how a run computes) are no difference."""
+    a, b = _flat(_identity(old)), _flat(_identity(new))
     changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
                if a.get(k) != b.get(k)]
     return ", ".join(changed)
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RUN_LEVEL}
 
 
 def did_you_mean(key: str, valid: list[str]) -> str:
@@ -346,6 +378,7 @@ CHOICES: dict[str, Any] = {
     "train.best_mode": ("max", "min"),
     "data.loader": LOADERS,
     "data.fingerprint": ("manifest", "content"),
+    "performance.conv_impl": CONV_IMPLS,
 }
 _CHOICE_WORDS = {"optimizer.name": "optimizer", "optimizer.schedule": "schedule",
                  "train.loss": "loss"}
@@ -463,6 +496,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     _check_keys(d)
     model = dict(d["model"])
     name = model.pop("name", None)
+    if moved := [k for k in model if k in PERFORMANCE_FIELDS]:
+        raise ConfigError(f"model.{moved[0]} is now performance.{moved[0]} (how a run computes, "
+                          f"not the model); pass --config.performance.{moved[0]}=...")
     try:
         models.check_kwargs(name, model)
         models.check_fields(name, model)

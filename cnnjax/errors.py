@@ -1,10 +1,10 @@
 """The errors a user can act on, at the bottom of the import graph (standard library only).
 
-The command line (``cnnjax.cli``) prints each as one line, ``error: <message>``: a
-``ConfigError`` with exit status 2 (``EXIT_CONFIG``); a ``WriteError`` (a checkpoint, metrics,
-plots or any file of the workdir that could not be written) with 75 (``EXIT_PREEMPTED``) when
-freeing space is the fix, else 2. The message names the value or path at fault and the fix.
-The exit statuses a scheduler can act on are defined here, once.
+The command line (``cnnjax.cli``) prints each as one line, ``error: <message>``, and exits
+with the error's ``exit_status`` (``report``): a ``ConfigError`` 2 (``EXIT_CONFIG``); a
+``WriteError`` (a checkpoint, metrics, plots or any file of the workdir that could not be
+written) 75 (``EXIT_PREEMPTED``) when freeing space is the fix, else 2. The message names the
+value or path at fault and the fix. The exit statuses a scheduler can act on are defined here, once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: preempted, or the disk filled; relaunch to r
 
 class ConfigError(ValueError):
     """A config value, flag, file or workdir that cannot work; raised before any work."""
+
+    exit_status = EXIT_CONFIG
 
 
 class WorkdirLocked(ConfigError):
@@ -84,6 +86,10 @@ class WriteError(OSError):
     def resumable(self) -> bool:
         return self.errno in NO_SPACE
 
+    @property
+    def exit_status(self) -> int:
+        return EXIT_PREEMPTED if self.resumable else EXIT_CONFIG
+
     def __str__(self) -> str:
         if self.resumable:
             return (f"{self.strerror[:1].lower()}{self.strerror[1:]} writing {self.what} "
@@ -106,6 +112,28 @@ def writing(what: str, path: str | None = None) -> Iterator[None]:
         if code is None:
             raise
         raise WriteError(what, path or what, code) from e
+
+
+def report(error: BaseException) -> tuple[int, str] | None:
+    """``(exit status, the one line to print)`` for an error a user can act on: any error
+    class with an ``exit_status`` (its line begins ``error: `` unless the class sets
+    ``line_prefix``), or an ``OSError`` naming a path that is not what it should be. None: a
+    bug, to be shown whole."""
+    status = getattr(error, "exit_status", None)
+    if status is not None:
+        return status, f"{getattr(error, 'line_prefix', 'error: ')}{error}"
+    if isinstance(error, OSError) and error.filename:
+        return EXIT_CONFIG, (f"error: cannot use {error.filename} ({error.strerror}); make it "
+                             "the file or folder cnnjax expects there, writable, or pass "
+                             "another path")
+    return None
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of ``error``'s message, cut to ``limit`` characters (a
+    library's message can run to pages); the error's type name when the message is empty."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0].strip()[:limit] if lines else type(error).__name__
 
 
 def warn(message: str) -> None:

@@ -1,12 +1,13 @@
-"""Evaluation and prediction from a workdir's checkpoints.
+"""The one evaluation, and what prediction needs: the training loop, ``--mode=eval``, the
+API and the plots evaluate with ``evaluation`` (one pass over the test split by the loop's
+``eval_step``: loss, top-1, top-5 and the confusion counts together), so their numbers are
+equal. A loaded run (``cnnjax.run``) evaluates and predicts through these.
 
     python launch.py --mode=eval --workdir=W [--checkpoint=latest|best|STEP]
     python launch.py --mode=predict --workdir=W --inputs=a.png,b.png   # or --inputs=x.npz
 
 ``eval`` writes ``W/eval.json`` (top-1, top-5, loss, per-class accuracy, confusion matrix);
-its loss and accuracies come from the training loop's own ``eval_step`` on the same batches,
-so they equal the loop's last evaluation of that checkpoint. ``predict`` writes
-``W/predictions.csv``. Both read the config recorded in the checkpoint.
+``predict`` writes ``W/predictions.csv``. Both read the config recorded in the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,126 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from PIL import Image
 
-from cnnjax import checkpoint, files, models, optim, parallel, steps, weights
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
+from cnnjax import errors, steps
 from cnnjax import metrics as metrics_lib
-from cnnjax import runrecord as runrecord_lib
 from cnnjax.data.local import read_npz
-
-# --------------------------------------------------------------------------- loading a run
-
-
-@dataclasses.dataclass
-class Run:
-    """A checkpoint of a workdir with the config it was trained with (``variables`` are host
-    arrays): its ``model``, ``predict(images)`` and ``evaluate()``."""
-
-    workdir: str
-    checkpoint: str
-    step: int
-    config: ml_collections.ConfigDict
-    variables: dict[str, Any]
-    ema: bool = False  # the variables are the checkpoint's average of the weights
-
-    @property
-    def info(self) -> data_lib.DatasetInfo:
-        """The dataset's description as training saw it (size, channels, classes, mean/std)."""
-        return data_lib.describe(self.config.data)
-
-    @property
-    def model(self):
-        """The Flax module: ``run.model.apply(run.variables, x, train=False)`` gives logits
-        of images normalised as training did."""
-        return models.from_config(self.config.model, self.info.num_classes)
-
-    def predict(self, images: Any) -> np.ndarray:
-        """Class probabilities ``[n, classes]`` of ``images``: an array ``[n, h, w(, c)]`` of
-        0..255 pixels at the training size, or a list of image file paths (converted to the
-        dataset's channels and size)."""
-        info = self.info
-        if isinstance(images, (list, tuple)) and images and isinstance(images[0], str):
-            images = load_inputs(",".join(images), info.image_shape)[1]
-        predict = make_predict(self.model, info.mean, info.std)
-        return np.asarray(predict(self.variables, check_images(images, info)))
-
-    def evaluate(self) -> dict[str, Any]:
-        """Top-1, top-5, loss, per-class accuracy and confusion matrix on the test split, as
-        ``--mode=eval`` computes them (equal to the training loop's evaluation); warns when
-        the data is not the data the run recorded."""
-        runrecord_lib.warn_if_other_data(self.workdir, self.config.data)
-        data = data_lib.build(self.config.data, self.config.seed, jax.process_index(),
-                              jax.process_count())
-        return evaluate(self.config, self.variables, data, parallel.make_mesh())
-
-
-def test_images(run, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` images of the run's test split and their classes."""
-    data = data_lib.build(run.config.data, run.config.seed, 0, 1)
-    images, labels = [], []
-    for batch in data.eval_batches(max(count, 1)):
-        keep = np.asarray(batch["mask"]) > 0
-        images.append(np.asarray(batch["images"])[keep])
-        labels.append(np.asarray(batch["labels"])[keep])
-        if sum(len(i) for i in images) >= count:
-            break
-    return np.concatenate(images)[:count], np.concatenate(labels)[:count]
-
-
-def resolve_checkpoint(workdir: str, which: str = "latest") -> tuple[str, int]:
-    """(Orbax directory, step) of ``which``: ``latest``, ``best`` or a step number."""
-    regular, best = os.path.join(workdir, "checkpoints"), os.path.join(workdir, checkpoint.BEST_DIR)
-    found, found_best = checkpoint.complete_steps(regular), checkpoint.complete_steps(best)
-    if which == "latest":
-        if not found:
-            raise config_lib.ConfigError(f"no checkpoint in {regular}; train first")
-        return regular, found[-1]
-    if which == "best":
-        if not found_best:
-            raise config_lib.ConfigError(
-                f"no best checkpoint in {workdir} (train.best_metric is empty, or no eval yet)")
-        return best, found_best[-1]
-    if not which.isdigit():
-        raise config_lib.ConfigError(
-            f"--checkpoint must be 'latest', 'best' or a step number, got {which!r}")
-    for directory, there in ((regular, found), (best, found_best)):
-        if int(which) in there:
-            return directory, int(which)
-    raise config_lib.ConfigError(
-        f"no checkpoint at step {which} in {workdir}; there are: {found}")
-
-
-def load_run(workdir: str, which: str = "latest", ema: bool = False) -> Run:
-    """Restores checkpoint ``which`` of ``workdir`` with the config it was trained with;
-    ``ema``: its moving average of the weights instead of the weights."""
-    workdir = os.path.abspath(workdir)
-    directory, step = resolve_checkpoint(workdir, which)
-    try:
-        state, progress = checkpoint.read_step(directory, step)
-    except Exception as e:  # noqa: BLE001 -- files missing or damaged: one line naming it
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise config_lib.ConfigError(
-            f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {reason}); "
-            "choose another with --checkpoint=STEP (there are: "
-            f"{checkpoint.complete_steps(directory)})") from None
-    # A schedule-free run is evaluated at its averaged weights, as its training loop was.
-    variables = steps.variables(optim.eval_params(state.get("opt_state"), state["params"]),
-                                state.get("batch_stats"))
-    if ema:
-        if not state.get("ema"):
-            raise config_lib.ConfigError(
-                f"checkpoint {directory}/{step} holds no average of the weights (the run had "
-                "train.ema_decay=0); leave out --ema")
-        variables = dict(state["ema"])
-    # Completed with the defaults of fields added since it was trained.
-    config = ml_collections.ConfigDict(config_lib.complete(progress["config"]))
-    return Run(workdir, which, step, config, variables, ema)
 
 
 def check_images(images: Any, info: data_lib.DatasetInfo) -> np.ndarray:
@@ -165,70 +54,29 @@ def make_predict(model, mean: Sequence[float], std: Sequence[float]) -> Callable
 # ------------------------------------------------------------------------------ evaluation
 
 
-def _eval_setup(config, variables, data, mesh):
-    info = data.info
-    stats = {"mean": info.mean, "std": info.std}
-    return info, stats, jax.device_put(variables, parallel.replicated(mesh))
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One pass over the test split: ``metrics`` (``eval_loss``, ``eval_accuracy``,
+    ``eval_top5_accuracy``) and ``confusion``, ``[true class, predicted class]`` counts."""
+
+    metrics: dict[str, float]
+    confusion: np.ndarray
+
+    def report(self) -> dict[str, Any]:
+        """The metrics with the example count, per-class accuracy and the confusion matrix."""
+        per_class = np.diag(self.confusion) / np.maximum(self.confusion.sum(1), 1)
+        return {**self.metrics, "num_examples": int(self.confusion.sum()),
+                "per_class_accuracy": [float(a) for a in per_class],
+                "confusion_matrix": self.confusion.tolist()}
 
 
-def eval_metrics(config: ml_collections.ConfigDict, variables: dict[str, Any],
-                 data: data_lib.Data, mesh) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy over the test split, computed as the training loop
-    does (its ``eval_step``, batch size and summation order), so the numbers are equal."""
-    info, stats, variables = _eval_setup(config, variables, data, mesh)
-    model = models.from_config(config.model, info.num_classes, axis_name=parallel.AXIS)
-    eval_step = steps.make_eval_step(mesh, model=model, **stats)
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), opt_state=None,
-                             rng=jnp.zeros((2,), jnp.uint32))
-    return metrics_lib.summarize_eval(steps.eval_sums(
-        eval_step, state, data.eval_batches(config.data.eval_batch_size), mesh))
-
-
-def confusion_matrix(config: ml_collections.ConfigDict, variables: dict[str, Any],
-                     data: data_lib.Data, mesh) -> np.ndarray:
-    """``[true class, predicted class]`` counts over the test split (every process calls)."""
-    info, stats, variables = _eval_setup(config, variables, data, mesh)
-    predict = make_predict(models.from_config(config.model, info.num_classes), **stats)
-    confusion = np.zeros((info.num_classes,) * 2, np.int64)
-    for local in data.eval_batches(config.data.eval_batch_size):
-        batch = parallel.global_batch(local, mesh)
-        probs = predict(variables, batch["images"])
-        predicted, labels, mask = _gather(jnp.argmax(probs, -1), batch["labels"], batch["mask"])
-        keep = mask > 0
-        np.add.at(confusion, (labels[keep], predicted[keep]), 1)
-    return confusion
-
-
-def evaluate(config: ml_collections.ConfigDict, variables: dict[str, Any],
-             data: data_lib.Data, mesh) -> dict[str, Any]:
-    """``eval_metrics`` plus per-class accuracy and the confusion matrix."""
-    result: dict[str, Any] = eval_metrics(config, variables, data, mesh)
-    confusion = confusion_matrix(config, variables, data, mesh)
-    per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
-    result.update(num_examples=int(confusion.sum()),
-                  per_class_accuracy=[float(a) for a in per_class],
-                  confusion_matrix=confusion.tolist())
-    return result
-
-
-def _gather(*arrays: jax.Array) -> list[np.ndarray]:
-    if jax.process_count() == 1:
-        return [np.asarray(a) for a in arrays]
-    return [np.asarray(a) for a in multihost_utils.process_allgather(arrays, tiled=True)]
-
-
-def run_eval(workdir: str, which: str = "latest", ema: bool = False) -> dict[str, Any]:
-    """``--mode=eval``: evaluates checkpoint ``which`` (its average of the weights with
-    ``ema``), prints a table, writes eval.json."""
-    run = load_run(workdir, which, ema)
-    config_lib.validate(run.config, jax.device_count())
-    result = {"workdir": run.workdir, "checkpoint": which, "step": run.step,
-              "weights": "ema" if ema else "trained", **run.evaluate()}
-    if jax.process_index() == 0:
-        files.write_json(os.path.join(run.workdir, "eval.json"), result)
-        print(format_eval(result))
-    return result
+def evaluation(eval_step: Callable, variables: Any, batches, mesh) -> Evaluation:
+    """The one evaluation: the loop's, ``--mode=eval``'s, the API's and the plots'.
+    ``eval_step``: ``steps.make_eval_step``; ``batches``: this process's host batches of the
+    test split (``data.eval_batches(size)``); every process calls it."""
+    sums = steps.eval_sums(eval_step, variables, batches, mesh)
+    return Evaluation(metrics_lib.summarize_eval(sums),
+                      np.asarray(jax.device_get(sums["confusion"]), np.int64))
 
 
 def format_eval(result: dict[str, Any]) -> str:
@@ -306,27 +154,6 @@ def load_inputs(spec: str, image_shape: Sequence[int]) -> tuple[list[str], np.nd
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise config_lib.ConfigError(
                 f"input {p} is not an image PIL can read ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); pass image files (.png, "
+                f"{errors.first_line(e)}); pass image files (.png, "
                 ".jpg, ...) or one .npz") from None
     return paths, np.stack(images)
-
-
-def run_predict(workdir: str, inputs: str, which: str = "latest",
-                ema: bool = False) -> list[dict[str, Any]]:
-    """``--mode=predict``: classes and probabilities for ``inputs``, into predictions.csv."""
-    run = load_run(workdir, which, ema)
-    names, images = load_inputs(inputs, run.info.image_shape)
-    probs = run.predict(images)
-    classes = weights.class_names(run.config, probs.shape[-1])  # ImageNet's, else None
-    rows = [{"input": n, "predicted": int(p.argmax()), "probability": float(p.max()),
-             **({"class_name": classes[int(p.argmax())]} if classes else {}),
-             **{f"p_{k}": float(v) for k, v in enumerate(p)}}
-            for n, p in zip(names, probs, strict=True)]
-    path = os.path.join(run.workdir, "predictions.csv")
-    if jax.process_index() == 0:
-        files.write_csv(path, rows, "input")
-        print(f"checkpoint {which} (step {run.step}); predictions in {path}")
-        for r in rows:
-            name = f" ({r['class_name']})" if "class_name" in r else ""
-            print(f"{r['input']}: class {r['predicted']}{name} (p={r['probability']:.4f})")
-    return rows

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import errors, plot_data, steps, weights
+from cnnjax import errors, evaluate, plot_data, steps
 
 DEFAULT_COUNT = 8  # test images explained when none are given
 
@@ -126,14 +126,12 @@ def make_explain(model: nn.Module, variables: Any, image_shape, mean, std):
 
 def explain(run, images: Any = None, *, labels: Any = None, names: list[str] | None = None,
             plots_dir: str | None = None, write: bool = True) -> Explanation:
-    """Grad-CAM and saliency of ``run`` (an ``evaluate.Run``) for ``images`` (``[n, h, w(, c)]``
+    """Grad-CAM and saliency of ``run`` (a ``cnnjax.run.Run``) for ``images`` (``[n, h, w(, c)]``
     0..255 pixels, or image file paths; default: the first 8 test images), drawn into
     ``plots_dir`` (default ``W/plots``) unless ``write=False``."""
-    from cnnjax import evaluate
-
     info = run.info
     if images is None:
-        images, labels = evaluate.test_images(run, DEFAULT_COUNT)
+        images, labels = run.test_images(DEFAULT_COUNT)
         names = names or [f"test image {i}" for i in range(len(images))]
     elif isinstance(images, (list, tuple)) and images and isinstance(images[0], str):
         names, images = evaluate.load_inputs(",".join(images), info.image_shape)
@@ -153,35 +151,4 @@ def explain(run, images: Any = None, *, labels: Any = None, names: list[str] | N
         with errors.writing(f"the plots in {plots_dir}", plots_dir):
             result.paths = viz.write_explanations(plots_dir, result,
                                                   f"{run.config.model.name}, step {run.step}")
-    return result
-
-
-def run_explain(workdir: str, images: str | None = None, which: str = "latest",
-                ema: bool = False) -> Explanation:
-    """``--mode=explain``: the pictures of checkpoint ``which`` for ``images`` (a.png,b.png or
-    x.npz; default: the first test images), into ``W/plots`` (``plots/<which>[_ema]``
-    for another checkpoint than the latest or for ``ema``); prints one line per image."""
-    from cnnjax import evaluate
-
-    run = evaluate.load_run(workdir, which, ema)
-    names = labels = None
-    if images:
-        names, pixels = evaluate.load_inputs(images, run.info.image_shape)
-    else:
-        pixels, labels = evaluate.test_images(run, DEFAULT_COUNT)
-        names = [f"test image {i}" for i in range(len(pixels))]
-    plots = os.path.join(run.workdir, "plots")
-    if which != "latest" or ema:
-        plots = os.path.join(plots, f"{which}_ema" if ema else which)
-    result = explain(run, pixels, labels=labels, names=names, plots_dir=plots)
-    if jax.process_index() == 0:
-        print(f"checkpoint {which} (step {run.step}); Grad-CAM of "
-              f"{result.layer or 'no feature maps (saliency only)'}")
-        truth = [None] * len(result.names) if result.labels is None else result.labels
-        classes = weights.class_names(run.config, run.info.num_classes)  # ImageNet's, or None
-        called = (lambda c: f"class {c} ({classes[c]})") if classes else (lambda c: f"class {c}")
-        for name, k, p, y, path in zip(result.names, result.predicted, result.probability,
-                                       truth, result.paths, strict=True):
-            known = "" if y is None else f", true {called(int(y))}"
-            print(f"{name}: {called(int(k))} (p={p:.4f}){known} -> {path}")
     return result

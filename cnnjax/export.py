@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -32,12 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import errors, evaluate, files, steps
+from cnnjax import errors, files, steps
 from cnnjax import runrecord as runrecord_lib
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, first_line
 from cnnjax.models import layers
 
-FORMATS = ("stablehlo", "onnx")
 TOLERANCE = 1e-5  # largest |exported - JAX| over the largest |JAX logit|
 PLATFORMS = ("cpu", "cuda")  # the StableHLO file runs on either
 CHECK_BATCH = 32  # test images the parity check runs
@@ -246,16 +245,41 @@ def run_onnx(blob: bytes, images: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {name: np.asarray(images)})[0])
 
 
-# The models' CPU performance switches, off for ONNX: each is the same function as its
-# plain form (the zoo's tests hold them to it), which ONNX has operators for.
-PORTABLE = {"conv_impl": "xla", "space_to_depth_stem": False, "fused_max_pool": False,
-            "materialize_on_cpu": False}
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """An export format: how its file is written and run back, and what it needs.
+
+    Attributes:
+      write: ``(logits function, image shape) -> file bytes``.
+      run: ``(file bytes, images [n, h, w, c] uint8) -> logits [n, classes]``, as a
+        deployment runtime loads the file.
+      folded: BatchNorm folded into the convolutions before writing (else the runtime folds).
+      switches: the speed switches the model is traced with (``layers.Performance``).
+      platforms: where the file runs, recorded beside it.
+      available: whether its packages are installed; ``needs``: the line saying how, if not.
+    """
+
+    write: Callable[[Callable, tuple[int, ...]], bytes]
+    run: Callable[[bytes, np.ndarray], np.ndarray]
+    folded: bool
+    switches: layers.Performance | None  # None: the run's own
+    platforms: tuple[str, ...]
+    available: Callable[[], bool] = lambda: True
+    needs: str = ""
 
 
-def portable(model: nn.Module) -> nn.Module:
-    """``model`` with its CPU performance switches (``PORTABLE``) off, where it has them."""
-    fields = getattr(model, "__dataclass_fields__", {})
-    return model.clone(**{k: v for k, v in PORTABLE.items() if k in fields})
+# The formats --format and .export() accept: a new format is one entry.
+FORMATS: dict[str, Format] = {
+    "stablehlo": Format(stablehlo_bytes, run_stablehlo, folded=True, switches=None,
+                        platforms=PLATFORMS),
+    # jax2onnx replaces flax's Conv and BatchNorm calls with its own, which the folding's
+    # interception does not see: an ONNX file keeps its BatchNormalization nodes, which
+    # onnxruntime folds into the convolutions when it loads the file. Its speed switches are
+    # off: each is the same function as its plain form, which ONNX has operators for.
+    "onnx": Format(onnx_bytes, run_onnx, folded=False, switches=layers.PORTABLE,
+                   platforms=("onnxruntime",), available=lambda: onnx_available(),
+                   needs=ONNX_NEEDS),
+}
 
 
 def convert(model: nn.Module, variables: Any, info, images: np.ndarray, fmt: str,
@@ -264,22 +288,19 @@ def convert(model: nn.Module, variables: Any, info, images: np.ndarray, fmt: str
     ``fmt``, its bytes loaded back and run on ``images``; a ``ConfigError`` if the
     difference from the unfolded model's logits is over ``tolerance`` or the converter
     refuses the model."""
-    if fmt == "onnx":
-        model = portable(model)
+    with layers.performing(FORMATS[fmt].switches or layers.performance()):
+        return _convert(model, variables, info, images, fmt, tolerance, name)
+
+
+def _convert(model, variables, info, images, fmt, tolerance, name):
+    form = FORMATS[fmt]
     want = np.asarray(jax.jit(logits_fn(model, variables, info, folded=False)[0])(images))
-    # jax2onnx replaces flax's Conv and BatchNorm calls with its own, which the folding's
-    # interception does not see: an ONNX file keeps its BatchNormalization nodes, which
-    # onnxruntime folds into the convolutions when it loads the file.
-    logits, count = logits_fn(model, variables, info, folded=fmt == "stablehlo")
+    logits, count = logits_fn(model, variables, info, folded=form.folded)
     try:
-        if fmt == "stablehlo":
-            blob = stablehlo_bytes(logits, info.image_shape)
-            got = run_stablehlo(blob, images)
-        else:
-            blob = onnx_bytes(logits, info.image_shape)
-            got = run_onnx(blob, images)
+        blob = form.write(logits, info.image_shape)
+        got = form.run(blob, images)
     except Exception as e:  # noqa: BLE001 -- a converter's or runtime's refusal: one line
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        first = first_line(e, 300)
         raise ConfigError(f"{name} cannot be exported as {fmt} ({type(e).__name__}: "
                           f"{first}); nothing was written") from None
     difference = relative_difference(got, want)
@@ -297,19 +318,19 @@ def check_request(fmt: str, tolerance: float) -> None:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise ConfigError(f"the export tolerance must be a number >= 0, got {tolerance!r}")
-    if fmt == "onnx" and not onnx_available():
-        raise ConfigError(ONNX_NEEDS)
+    if not FORMATS[fmt].available():
+        raise ConfigError(FORMATS[fmt].needs)
 
 
 def export(run, fmt: str = "stablehlo", *, tolerance: float = TOLERANCE,
            out_dir: str | None = None, images: np.ndarray | None = None) -> Exported:
-    """Exports ``run`` (an ``evaluate.Run``) as ``fmt``, checks it, and writes it; see the
+    """Exports ``run`` (a ``cnnjax.run.Run``) as ``fmt``, checks it, and writes it; see the
     module docstring. ``images``: the check batch (default: the test split's first 32)."""
     check_request(fmt, tolerance)
     runrecord_lib.warn_if_other_data(run.workdir, run.config.data)  # the check batch is test data
     info = run.info
     if images is None:
-        images = evaluate.test_images(run, CHECK_BATCH)[0]
+        images = run.test_images(CHECK_BATCH)[0]
     blob, difference, count = convert(run.model, run.variables, info, images, fmt,
                                       tolerance, run.config.model.name)
     out_dir = out_dir or os.path.join(run.workdir, "export")
@@ -326,7 +347,7 @@ def export(run, fmt: str = "stablehlo", *, tolerance: float = TOLERANCE,
                   "mean": list(info.mean), "std": list(info.std)},
         "output": {"shape": ["batch", info.num_classes], "dtype": "float32",
                    "meaning": "logits"},
-        "platforms": list(PLATFORMS) if fmt == "stablehlo" else ["onnxruntime"]})
+        "platforms": list(FORMATS[fmt].platforms)})
     return result
 
 

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from cnnjax import errors, files, trackers
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, first_line
 from cnnjax.progress import ProgressBar
 from cnnjax.tensorboard import EventWriter
 
@@ -68,7 +68,7 @@ def to_floats(steps: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
 
 def summarize_eval(sums: dict[str, Any]) -> dict[str, float]:
     """Summed eval metrics -> loss, top-1 and top-5 accuracy over the counted examples."""
-    s = {k: float(v) for k, v in jax.device_get(sums).items()}
+    s = {k: float(v) for k, v in jax.device_get(sums).items() if k != "confusion"}
     n = max(s["count"], 1.0)
     return {
         "eval_loss": s["loss"] / n,
@@ -227,7 +227,7 @@ class Writers:
                     if name not in trackers.EXTRAS:
                         raise
                     raise ConfigError(f"{name} could not start a run ({type(e).__name__}: "
-                                      f"{str(e).strip().splitlines()[0] if str(e).strip() else e}"
+                                      f"{first_line(e)}"
                                       f"); check its settings in --config.logging.{name}.*, "
                                       "or log offline") from e
                 self._where.append(where)

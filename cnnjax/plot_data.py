@@ -9,8 +9,9 @@ convolution is the first module called that owns a 4-D ``kernel``; a "stage" is 
 consecutive top-level modules whose outputs share one ``[h, w, c]`` shape, shown by its last
 output (a ResNet stage's last block; a CNN layer's BatchNorm, or its convolution).
 
-``python launch.py --mode=visualize --workdir=W [--checkpoint=latest|best|STEP]`` draws any
-checkpoint's pictures (into ``plots/`` for the latest, ``plots/<checkpoint>/`` otherwise).
+``python launch.py --mode=visualize --workdir=W [--checkpoint=latest|best|STEP]``
+(``cnnjax.run.run_visualize``) draws any checkpoint's pictures (into ``plots/`` for the
+latest, ``plots/<checkpoint>/`` otherwise).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 
 from cnnjax import data as data_lib
-from cnnjax import errors, evaluate, metrics, models, parallel, steps, viz
+from cnnjax import errors, models, parallel, steps, viz
 
 INIT_KERNEL = "first_conv_init.npy"  # the first conv's kernel at step 0, saved at the start
 
@@ -124,15 +125,15 @@ def stages(finished: list) -> list[tuple[str, np.ndarray]]:
     return result
 
 
-def pictures(config, variables: dict, data: data_lib.Data, mesh, step: int,
-             records: list[dict[str, Any]], init_dir: str) -> viz.Pictures | None:
-    """The arrays of every picture of checkpoint ``step`` (None off process 0; every process
-    must call it, as the confusion matrix is computed over all devices).
+def pictures(config, variables: dict, data: data_lib.Data, step: int,
+             records: list[dict[str, Any]], init_dir: str,
+             confusion: np.ndarray) -> viz.Pictures | None:
+    """The arrays of every picture of checkpoint ``step`` (None off process 0).
 
-    ``init_dir``: where the step-0 kernel was saved.
+    ``init_dir``: where the step-0 kernel was saved; ``confusion``: the evaluation's
+    ``[true, predicted]`` counts of these weights (``evaluate.Evaluation.confusion``).
     """
     info = data.info
-    confusion = evaluate.confusion_matrix(config, variables, data, mesh)
     if jax.process_index() != 0:
         return None
     model = models.from_config(config.model, info.num_classes)
@@ -148,12 +149,12 @@ def pictures(config, variables: dict, data: data_lib.Data, mesh, step: int,
             init_dir, config, info.image_shape, info.num_classes))
 
 
-def write_plots(plots_dir: str, config, variables: dict, data: data_lib.Data, mesh,
-                step: int, records: list[dict[str, Any]], init_dir: str | None = None,
-                ) -> list[str]:
+def write_plots(plots_dir: str, config, variables: dict, data: data_lib.Data,
+                step: int, records: list[dict[str, Any]], confusion: np.ndarray,
+                init_dir: str | None = None) -> list[str]:
     """Computes and draws every picture of checkpoint ``step`` (every process calls it);
     returns the PNG paths."""
-    shown = pictures(config, variables, data, mesh, step, records, init_dir or plots_dir)
+    shown = pictures(config, variables, data, step, records, init_dir or plots_dir, confusion)
     if shown is None:
         return []
     with errors.writing(f"the plots in {plots_dir}", plots_dir):
@@ -170,21 +171,3 @@ def initial_kernel(plots_dir: str, config, image_shape, num_classes: int) -> np.
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     state = steps.init_state(model, optax.identity(), config.seed, image_shape, mesh)
     return first_conv_kernel(model, jax.device_get(state.params), image_shape)
-
-
-def visualize(workdir: str, which: str = "latest", ema: bool = False) -> list[str]:
-    """``--mode=visualize``: every picture for checkpoint ``which`` of ``workdir`` (of its
-    average of the weights with ``ema``, into ``plots/<which>_ema``)."""
-    run = evaluate.load_run(workdir, which, ema)
-    data = data_lib.build(run.config.data, run.config.seed, jax.process_index(),
-                          jax.process_count())
-    init_dir = os.path.join(run.workdir, "plots")
-    plots_dir = init_dir if which == "latest" else os.path.join(init_dir, which)
-    if ema:
-        plots_dir = os.path.join(init_dir, f"{which}_ema")
-    records = metrics.read_jsonl(metrics.metrics_path(run.workdir))
-    written = write_plots(plots_dir, run.config, run.variables, data, parallel.make_mesh(),
-                          run.step, [r for r in records if r["step"] <= run.step], init_dir)
-    for path in written:
-        print(path)
-    return written

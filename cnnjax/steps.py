@@ -223,23 +223,30 @@ def moving_average(average: Any, decay: float, new: Any) -> Any:
 
 
 def eval_step_per_device(
-    state: TrainState,
+    variables: dict[str, Any],
     batch: dict[str, jax.Array],
     *,
     model: nn.Module,
     mean: Sequence[float],
     std: Sequence[float],
 ) -> dict[str, jax.Array]:
-    """Sums (not means) of loss and correct predictions over the real (mask=1) examples."""
-    logits = model.apply(state.variables, normalize(batch["images"], mean, std), train=False)
+    """Sums (not means) over the real (mask=1) examples of the batch, over every device: loss,
+    correct top-1 and top-5 predictions, count, and ``confusion``: ``[true class, predicted
+    class]`` int32 counts ``[num_classes, num_classes]``. ``variables``: ``state.variables``
+    (or its average of the weights)."""
+    logits = model.apply(variables, normalize(batch["images"], mean, std), train=False)
     labels, mask = batch["labels"], batch["mask"]
+    num_classes = logits.shape[-1]
     loss = losses.cross_entropy(logits, labels)  # whatever the training loss: comparable
-    top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    predicted = jnp.argmax(logits, -1)
+    top5 = lax.top_k(logits, min(5, num_classes))[1]
     sums = {
         "loss": jnp.sum(loss * mask),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+        "correct": jnp.sum((predicted == labels) * mask),
         "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
         "count": jnp.sum(mask),
+        "confusion": jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, predicted].add(
+            (mask > 0).astype(jnp.int32)),
     }
     return lax.psum(sums, parallel.AXIS)
 
@@ -253,17 +260,17 @@ def make_train_step(mesh: Mesh, **kwargs) -> Callable:
 
 
 def make_eval_step(mesh: Mesh, **kwargs) -> Callable:
-    """``(state, batch) -> summed metrics``, jitted over ``mesh``."""
+    """``(variables, batch) -> summed metrics``, jitted over ``mesh``."""
     fn = parallel.per_device(
         lambda s, b: eval_step_per_device(s, b, **kwargs), mesh, (P(), P(parallel.AXIS)), P()
     )
     return jax.jit(fn, compiler_options=parallel.compiler_options(mesh))
 
 
-def eval_sums(eval_step: Callable, state: TrainState, batches, mesh: Mesh) -> dict[str, Any]:
+def eval_sums(eval_step: Callable, variables: Any, batches, mesh: Mesh) -> dict[str, Any]:
     """``eval_step``'s sums over every batch of ``batches`` (host batches of this process)."""
     totals = None
     for local in batches:
-        sums = eval_step(state, parallel.global_batch(local, mesh))
+        sums = eval_step(variables, parallel.global_batch(local, mesh))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     return totals

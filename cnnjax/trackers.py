@@ -91,6 +91,12 @@ class WandbWriter:
 
     def close(self) -> None:
         self.run.finish()
+        # W&B keeps its service (a wandb-core process and an asyncio thread) for the life of
+        # the Python process; a finished run has no use for them, and a process that goes on
+        # computing (a sweep, an API user, the test suite) should not carry another library's
+        # threads beside XLA's. Only when no other W&B run is open in this process.
+        if self._wandb.run is None:
+            self._wandb.teardown()
 
 
 class MlflowWriter:

@@ -25,18 +25,33 @@ import ml_collections
 
 from cnnjax import config as config_lib
 from cnnjax import data as data_lib
-from cnnjax import errors, files, models, optim, parallel, plot_data, signals, steps, transfer
+from cnnjax import (
+    errors,
+    evaluate,
+    files,
+    models,
+    optim,
+    parallel,
+    plot_data,
+    signals,
+    steps,
+    transfer,
+)
 from cnnjax import metrics as metrics_lib
 from cnnjax import runrecord as runrecord_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.checkpoint import BestCheckpoint, Checkpointer, complete_steps
 from cnnjax.losses import from_config as make_loss
+from cnnjax.models import layers
 from cnnjax.preemption import PreemptionGuard
 from cnnjax.workdir import WorkdirLock
 
 
 class Preempted(Exception):
     """Raised after a SIGTERM/SIGINT once the current step's checkpoint is committed."""
+
+    exit_status = errors.EXIT_PREEMPTED
+    line_prefix = ""  # not an error: the run stopped as asked, and says where it resumes
 
     def __init__(self, step: int, workdir: str):
         super().__init__(
@@ -59,6 +74,8 @@ class Stopped(Exception):
 class NonFiniteError(RuntimeError):
     """The loss or the gradients stopped being finite under ``nan_policy='stop'``."""
 
+    exit_status = errors.EXIT_NONFINITE
+
 
 def _log(*args: Any) -> None:
     if jax.process_index() == 0:
@@ -71,7 +88,7 @@ def check_input_shape(model, info: data_lib.DatasetInfo, model_name: str) -> Non
     try:
         jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros(shape)))
     except Exception as e:  # any shape error inside the model, reported in one line
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        reason = errors.first_line(e, 160)
         h, w, c = info.image_shape
         raise config_lib.ConfigError(
             f"model {model_name!r} cannot take the {h}x{w}x{c} images of {info.name!r} "
@@ -133,11 +150,6 @@ def check_head(config: ml_collections.ConfigDict, params: Any) -> None:
             f"layers: {', '.join(tops)}); pass a regex of the classifier's parameter paths")
 
 
-def _eval(eval_step, state, data: data_lib.Data, batch_size: int, mesh) -> dict[str, float]:
-    return metrics_lib.summarize_eval(
-        steps.eval_sums(eval_step, state, data.eval_batches(batch_size), mesh))
-
-
 def _check_finite(pending: list[dict[str, Any]], first_step: int, policy: str) -> None:
     if policy != "stop":
         return
@@ -184,7 +196,9 @@ def run(
     pretrained = _pretrained(config, workdir)  # downloaded before the workdir is touched
     with signals.stage(signals.STARTING, "before the first training step; relaunch the same "
                        "command to start (or resume) the run"):
-        with workdir_lib.exclusive(workdir) as lock:
+        # Every model the run traces (init, steps, plots) computes as its performance section
+        # says; the section is no part of the run's identity (config.RUN_LEVEL).
+        with workdir_lib.exclusive(workdir) as lock, layers.performing(config.performance):
             # Again, now that no other launch can change the workdir under us.
             workdir_lib.check_workdir(config, workdir, allow_config_change)
             if (summary := workdir_lib.finished_summary(config, workdir)) is not None:
@@ -273,6 +287,7 @@ class Job:
     start_time: float  # when the launch began
     loop_start: float  # when the loop began: train_time_s counts steps, evals, first compile
     window: tuple[int, float] = (0, 0.0)  # (step, time) the log window started at
+    last: evaluate.Evaluation | None = None  # the newest evaluation of the weights: the plots'
 
     def batch(self, step: int) -> dict[str, jax.Array]:
         return parallel.global_batch(self.data.train.batch(step), self.mesh)
@@ -290,16 +305,20 @@ class Job:
     def evaluate(self, done: int) -> dict[str, float]:
         """Evaluates the state (and its average of the weights, if any); keeps it as the best
         checkpoint when it improves."""
-        size = self.config.data.eval_batch_size
-        result = _eval(self.eval_step, self.state.with_eval_params(), self.data, size,
-                       self.mesh)
+        self.last = self.evaluation(self.state.with_eval_params())
+        result = dict(self.last.metrics)
         if self.state.ema:
-            ema = _eval(self.eval_step, self.state.with_ema_weights(), self.data, size, self.mesh)
+            ema = self.evaluation(self.state.with_ema_weights()).metrics
             result.update({k.replace("eval_", "eval_ema_", 1): v for k, v in ema.items()})
         if self.best and self.best.improves(result):
             self.best.update(done, result)
             self.best.save(self.state, self.progress(done))
         return result
+
+    def evaluation(self, state: steps.TrainState) -> evaluate.Evaluation:
+        """One pass over the test split with ``state``'s weights."""
+        batches = self.data.eval_batches(self.config.data.eval_batch_size)
+        return evaluate.evaluation(self.eval_step, state.variables, batches, self.mesh)
 
     def write(self, done: int, record: dict[str, Any]) -> None:
         if self.writer:
@@ -454,9 +473,12 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
     records = metrics_lib.read_jsonl(metrics_lib.metrics_path(job.workdir)) if job.writer else []
     last_eval = last_eval or metrics_lib.last_eval(records)  # a relaunch that only finishes
     if job.config.train.plots and end == job.total_steps:
+        # The last evaluation's confusion: the loop evaluates at the last step, so only a
+        # relaunch that just finishes has to evaluate again.
+        confusion = (job.last or job.evaluation(job.state.with_eval_params())).confusion
         pngs = plot_data.write_plots(os.path.join(job.workdir, "plots"), job.config,
-                                 job.state.with_eval_params().variables, job.data, job.mesh,
-                                 end, records)
+                                     job.state.with_eval_params().variables, job.data, end,
+                                     records, confusion)
         if job.writer:
             job.writer.write_images(end, {os.path.splitext(os.path.basename(p))[0]: p
                                           for p in pngs})

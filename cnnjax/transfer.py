@@ -18,7 +18,7 @@ import numpy as np
 from flax import traverse_util
 
 from cnnjax import checkpoint, optim
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, first_line
 from cnnjax.models.pretrained import load_pretrained
 
 _SOURCES = ("give a directory written by `python -m cnnjax.models.pretrained` or the workdir "
@@ -63,7 +63,7 @@ def load_variables(path: str) -> dict[str, Any]:
                     "batch_stats": state.get("batch_stats") or {}}
         variables = load_pretrained(path)
     except Exception as e:  # noqa: BLE001 -- any unreadable file: one line naming the path
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ConfigError(f"init.checkpoint {path} is unreadable ({reason}); convert or train "
                           "it again") from None
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}

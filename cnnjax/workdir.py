@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from cnnjax import config as config_lib
 from cnnjax import errors, files
-from cnnjax.errors import ConfigError, WorkdirLocked
+from cnnjax.errors import ConfigError, WorkdirLocked, first_line
 
 LOCK_FILE = "lock"
 
@@ -179,7 +179,7 @@ def recorded_config(workdir: str) -> dict[str, Any] | None:
         with open(path) as f:
             previous = json.load(f)
     except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        reason = getattr(e, "strerror", None) or first_line(e)
         raise ConfigError(
             f"{path} is unreadable ({reason}); restore it (the config of every checkpoint is "
             "also in its progress file), or pass another --workdir") from None

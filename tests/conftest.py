@@ -6,6 +6,7 @@ XLA reads the flag once, when JAX is first imported, which is why it is set here
 import os
 import shutil
 import tempfile
+import traceback
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -29,6 +30,20 @@ os.environ.setdefault("PIP_CACHE_DIR", os.path.join(USER_HOME, ".cache", "pip"))
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
+
+# A fork of this process after JAX has started copies XLA's thread pools half-way through
+# whatever they were doing; the child (and, through shared locks, the parent) can abort with no
+# message. The project starts its workers with "spawn" (Grain does) and its subprocesses with
+# exec; a test during which anything calls os.fork fails, naming who did.
+_FORKS: list[str] = []
+os.register_at_fork(before=lambda: _FORKS.append("".join(traceback.format_stack(limit=8))))
+
+
+@pytest.fixture(autouse=True)
+def no_fork():
+    yield
+    forks, _FORKS[:] = list(_FORKS), []
+    assert not forks, f"the process forked after JAX started, from:\n{forks[0]}"
 
 
 @pytest.fixture(scope="session")

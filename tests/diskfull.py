@@ -15,17 +15,12 @@ part of the content is written. Moments:
   plots         the first PNG of the final plots
 """
 
-import builtins
-import errno
 import os
-import runpy
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def no_space(path: str | None = None) -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([path] if path else []))
+from tests.faults import HalfWritten, fail_open, launch, no_space, replace  # noqa: E402
 
 
 def tensorstore_error(path: str) -> ValueError:
@@ -36,54 +31,24 @@ def tensorstore_error(path: str) -> ValueError:
         "to file 21: No space left on device [os_error_code='28']")
 
 
-class HalfWritten:
-    """A file whose next write puts half of what it is given on disk, then fails: a full
-    disk."""
-
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, data):
-        self._f.write(data[: len(data) // 2])
-        self._f.flush()
-        raise no_space()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-
-def fail_open(module, matches) -> None:
-    """``open`` in ``module``: a file for which ``matches(path, mode)`` is true is
-    ``HalfWritten``."""
-    def patched(path, mode="r", *args, **kwargs):
-        f = builtins.open(path, mode, *args, **kwargs)
-        return HalfWritten(f) if matches(str(path), mode) else f
-
-    module.open = patched
-
-
 def install(moment: str) -> None:
     kind, _, arg = moment.partition(":")
     n = int(arg) if arg else 0
     if kind in ("checkpoint", "best"):
         from orbax.checkpoint._src.serialization import serialization
 
-        original = serialization.async_serialize_from_host
         directory = "checkpoints" if kind == "checkpoint" else "best_checkpoint"
         marker = f"{os.sep}{directory}{os.sep}{n}.orbax-checkpoint-tmp"
 
-        async def serialize(rslices, tensorstore_spec, *args, **kwargs):
-            if marker in str(tensorstore_spec):
-                raise tensorstore_error(str(tensorstore_spec["kvstore"]))
-            return await original(rslices, tensorstore_spec, *args, **kwargs)
+        def failing(original):
+            async def serialize(rslices, tensorstore_spec, *args, **kwargs):
+                if marker in str(tensorstore_spec):
+                    raise tensorstore_error(str(tensorstore_spec["kvstore"]))
+                return await original(rslices, tensorstore_spec, *args, **kwargs)
 
-        serialization.async_serialize_from_host = serialize
+            return serialize
+
+        replace(serialization, "async_serialize_from_host", failing)
     elif kind == "jsonl":
         from cnnjax import metrics
 
@@ -99,13 +64,14 @@ def install(moment: str) -> None:
     elif kind == "tensorboard":
         from cnnjax import tensorboard
 
-        original_init = tensorboard.EventWriter.__init__
+        def half_written(init):
+            def patched(self, *args, **kwargs):
+                init(self, *args, **kwargs)
+                self._file = HalfWritten(self._file)
 
-        def init(self, *args, **kwargs):
-            original_init(self, *args, **kwargs)
-            self._file = HalfWritten(self._file)
+            return patched
 
-        tensorboard.EventWriter.__init__ = init
+        replace(tensorboard.EventWriter, "__init__", half_written)
     elif kind == "summary":
         from cnnjax import files
 
@@ -117,25 +83,18 @@ def install(moment: str) -> None:
     elif kind == "plots":
         import matplotlib.figure
 
-        def savefig(self, path, *args, **kwargs):
-            with open(path, "wb") as f:
-                f.write(b"\x89PNG")
-            raise no_space(str(path))
+        def full(_original):
+            def savefig(self, path, *args, **kwargs):
+                with open(path, "wb") as f:
+                    f.write(b"\x89PNG")
+                raise no_space(str(path))
 
-        matplotlib.figure.Figure.savefig = savefig
+            return savefig
+
+        replace(matplotlib.figure.Figure, "savefig", full)
     else:
         raise SystemExit(f"unknown moment {moment!r}")
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    split = args.index("--")
-    options = dict(a.lstrip("-").split("=", 1) for a in args[:split])
-    sys.path.insert(0, ROOT)  # this checkout's cnnjax, whatever else is installed
-    install(options["at"])
-    sys.argv = [os.path.join(ROOT, "launch.py"), *args[split + 1:]]
-    runpy.run_path(sys.argv[0], run_name="__main__")
-
-
 if __name__ == "__main__":
-    main()
+    launch(lambda options: install(options["at"]))

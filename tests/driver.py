@@ -22,10 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def die():
-    sys.stdout.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+from tests.faults import around, die, nth, replace  # noqa: E402
 
 
 def install_kill(moment: str) -> None:
@@ -33,74 +30,52 @@ def install_kill(moment: str) -> None:
 
     kind, _, arg = moment.partition(":")
     n = int(arg) if arg else 0
-    counter = {"n": 0}
-
-    def wrap(owner, name, before=None, after=None):
-        original = getattr(owner, name)
-
-        def wrapped(*args, **kwargs):
-            if before:
-                before(*args, **kwargs)
-            out = original(*args, **kwargs)
-            if after:
-                after(*args, **kwargs)
-            return out
-
-        setattr(owner, name, wrapped)
-
-    def count_and_die(*_a, **_k):
-        counter["n"] += 1
-        if counter["n"] == n:
-            die()
 
     if kind == "step":
-        wrap(data.InMemoryLoader, "batch", before=lambda self, step: step == n and die())
+        around(data.InMemoryLoader, "batch", before=lambda self, step: step == n and die())
     elif kind == "save":
-        wrap(checkpoint.Checkpointer, "save", after=lambda self, step, *a: step == n and die())
+        around(checkpoint.Checkpointer, "save", after=lambda self, step, *a: step == n and die())
     elif kind == "committed":
         def after_save(self, step, *a):
             if step == n:
                 self.wait()
                 die()
-        wrap(checkpoint.Checkpointer, "save", after=after_save)
+        around(checkpoint.Checkpointer, "save", after=after_save)
     elif kind == "eval":
-        wrap(training, "_eval", before=count_and_die)
+        around(training.Job, "evaluate", before=nth(n, die))
     elif kind == "jsonl":
-        original = metrics.JsonlWriter.write_scalars
+        def tear(self, step, values):  # a line cut short by the kill, as a torn append
+            import json
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **values})[:20])
+            die()
 
-        def write_scalars(self, step, values):
-            counter["n"] += 1
-            if counter["n"] == n:
-                import json
-                with open(self.path, "a") as f:
-                    f.write(json.dumps({"step": step, **values})[:20])
-                die()
-            original(self, step, values)
-
-        metrics.JsonlWriter.write_scalars = write_scalars
+        around(metrics.JsonlWriter, "write_scalars", before=nth(n, tear))
     elif kind in ("term", "int"):
         sig = signal.SIGTERM if kind == "term" else signal.SIGINT
-        wrap(data.InMemoryLoader, "batch",
-             before=lambda self, step: step == n and os.kill(os.getpid(), sig))
+        around(data.InMemoryLoader, "batch",
+               before=lambda self, step: step == n and os.kill(os.getpid(), sig))
     elif kind == "poison":
         import jax
         import jax.numpy as jnp
 
-        make = training.steps.make_train_step
+        def make_poisoned(make):
+            def made(*a, **k):
+                step_fn = make(*a, **k)
 
-        def make_poisoned(*a, **k):
-            step_fn = make(*a, **k)
+                def poisoned(state, batch):
+                    if int(state.step) == n:
+                        state = state.replace(
+                            params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+                    return step_fn(state, batch)
 
-            def poisoned(state, batch):
-                if int(state.step) == n:
-                    state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
-                return step_fn(state, batch)
+                return poisoned
 
-            return poisoned
+            return made
 
-        training.steps.make_train_step = make_poisoned
+        replace(training.steps, "make_train_step", make_poisoned)
     elif kind == "restore":
-        wrap(checkpoint.Checkpointer, "restore", after=lambda *a, **k: die())
+        around(checkpoint.Checkpointer, "restore", after=lambda *a, **k: die())
     else:
         raise SystemExit(f"unknown --kill moment {moment!r}")
 

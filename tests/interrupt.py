@@ -16,36 +16,13 @@ thread goes on into the moment (an import, a compile, a save). Moments:
 """
 
 import os
-import runpy
 import signal
 import sys
-import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def send(signals: list[int], delay: float = 0.0) -> None:
-    """Sends ``signals`` from a helper thread, ``delay`` s from now and 0.2 s apart."""
-
-    def run():
-        time.sleep(delay)
-        for i, s in enumerate(signals):
-            if i:
-                time.sleep(0.2)
-            os.kill(os.getpid(), s)
-
-    threading.Thread(target=run, daemon=True).start()
-
-
-def before(owner, name: str, action) -> None:
-    original = getattr(owner, name)
-
-    def wrapped(*args, **kwargs):
-        action(*args, **kwargs)
-        return original(*args, **kwargs)
-
-    setattr(owner, name, wrapped)
+from tests.faults import around, launch, nth, replace, send  # noqa: E402
 
 
 class _OnImport:
@@ -67,72 +44,49 @@ def install(moment: str, signals: list[int]) -> None:
         # Sent from a thread once the import has begun: the main thread is inside it.
         sys.meta_path.insert(0, _OnImport("jax", fire))
         return
-    from cnnjax import checkpoint, evaluate, plot_data, steps, training
+    from cnnjax import checkpoint, plot_data, run, steps, training
     from cnnjax.data import loader, sources
 
     if moment == "prepare":
-        before(sources, "prepare_builtin", lambda name, data_dir: os.path.isdir(
+        around(sources, "prepare_builtin", before=lambda name, data_dir: os.path.isdir(
             os.path.join(data_dir, name)) or fire())
     elif moment == "compile":
-        make = steps.make_train_step
+        def make_timed(make):
+            def made(*a, **k):
+                step = make(*a, **k)
+                first = nth(1, lambda: send(signals, 0.1))
 
-        def make_timed(*a, **k):
-            step = make(*a, **k)
-            calls = []
+                def timed(*args):
+                    first()
+                    return step(*args)
 
-            def timed(*args):
-                if not calls:
-                    calls.append(1)
-                    send(signals, 0.1)
-                return step(*args)
+                return timed
 
-            return timed
+            return made
 
-        training.steps.make_train_step = make_timed
+        replace(steps, "make_train_step", make_timed)
     elif moment == "train":
-        before(loader.InMemoryLoader, "batch", lambda self, step: step == 3 and fire())
+        around(loader.InMemoryLoader, "batch", before=lambda self, step: step == 3 and fire())
     elif moment == "eval":
-        calls = []
-        before(training, "_eval", lambda *a, **k: calls.append(1) or len(calls) == 1 and fire())
+        around(training.Job, "evaluate", before=nth(1, fire))
     elif moment == "save":
         # The signals arrive while the first checkpoint is written, and the commit that a
         # preemption waits for is slowed down, so that a second signal lands inside it.
-        started = []
-
-        def save_started(self, step, *a, **k):
-            if self.directory.endswith("checkpoints") and not started:
-                started.append(step)
-                send(signals)
-
-        original_save, original_wait = checkpoint.Checkpointer.save, checkpoint.Checkpointer.wait
-
-        def save(self, step, *a, **k):
-            out = original_save(self, step, *a, **k)
-            save_started(self, step)
-            return out
-
-        def wait(self):
-            time.sleep(1.0)
-            return original_wait(self)
-
-        checkpoint.Checkpointer.save, checkpoint.Checkpointer.wait = save, wait
+        first = nth(1, fire)
+        around(checkpoint.Checkpointer, "save",
+               after=lambda self, *a, **k: self.directory.endswith("checkpoints") and first())
+        around(checkpoint.Checkpointer, "wait", before=lambda self: time.sleep(1.0))
     elif moment == "plots":
-        before(plot_data, "write_plots", fire)
+        around(plot_data, "write_plots", before=fire)
     elif moment == "evaluate":
-        before(evaluate, "evaluate", fire)
+        around(run, "evaluation", before=fire)
     else:
         raise SystemExit(f"unknown moment {moment!r}")
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    split = args.index("--")
-    options = dict(a.lstrip("-").split("=", 1) for a in args[:split])
-    names = options["signal"].split(",")
-    sys.path.insert(0, ROOT)  # this checkout's cnnjax, whatever else is installed
-    install(options["at"], [getattr(signal, f"SIG{n}") for n in names])
-    sys.argv = [os.path.join(ROOT, "launch.py"), *args[split + 1:]]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    launch(lambda options: install(options["at"], [
+        getattr(signal, f"SIG{n}") for n in options["signal"].split(",")]))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def test_every_model_field_out_of_its_range_is_refused(name):
             continue
         bad = {"dtype": "float64", "activation": "softmax", "pool": "min", "padding": "FULL",
                "ops": "numpy", "block": "dense", "shortcut": "C", "dropout": 1.0,
-               "conv_impl": "fast", "drop_path_rate": 1.0}.get(key)
+               "drop_path_rate": 1.0}.get(key)
         if bad is None:
             bad = () if isinstance(default, tuple) and key in ("features", "stage_sizes") else (
                 (0, 2) if isinstance(default, tuple) else 0)

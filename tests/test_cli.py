@@ -144,3 +144,25 @@ def test_the_progress_bar_draws_through_tqdm_in_a_notebook(monkeypatch, capsys):
     assert "4/4" in text and "loss 0.5000" in text and "acc 0.7500" in text
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
     assert not progress.ProgressBar(8, 4, 32).notebook  # a terminal IPython is no notebook
+
+
+def test_each_error_class_carries_its_exit_status_for_the_one_handler(tmp_path):
+    import errno
+
+    from cnnjax import cli, errors, training
+
+    full = errors.WriteError("checkpoint step 5", str(tmp_path), errno.ENOSPC)
+    denied = errors.WriteError("checkpoint step 5", str(tmp_path), errno.EACCES)
+    cases = [(ConfigError("bad"), 2, "error: bad"), (full, 75, f"error: {full}"),
+             (denied, 2, f"error: {denied}"),
+             (training.Preempted(7, "W"), 75, str(training.Preempted(7, "W"))),
+             (training.NonFiniteError("nan at step 3"), 3, "error: nan at step 3"),
+             (FileNotFoundError(errno.ENOENT, "No such file", "/x/y"), 2,
+              "error: cannot use /x/y (No such file); make it the file or folder cnnjax "
+              "expects there, writable, or pass another path")]
+    for error, status, line in cases:
+        assert errors.report(error) == (status, line), error
+    assert errors.report(RuntimeError("a bug")) is None  # shown whole, with its traceback
+    assert errors.report(OSError("no path")) is None
+    assert list(cli.MODES)[0] == "train" and set(cli.MODES) == {
+        "train", "eval", "predict", "visualize", "explain", "export"}

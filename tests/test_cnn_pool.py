@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnnjax.models import layers
 from cnnjax.models.cnn import CNN, max_pool
 
 
@@ -70,18 +71,24 @@ def test_cnn_trains_with_the_same_gradients_as_nn_max_pool(monkeypatch):
 
 
 def test_the_plain_pool_cnn_gives_the_same_logits_and_gradients():
-    # fused_max_pool=False (the form ONNX export converts) is nn.max_pool itself
+    # performance.fused_max_pool off (the form ONNX export converts) is nn.max_pool itself
     x = jax.random.normal(jax.random.key(4), (3, 12, 12, 1))
     fused = CNN(num_classes=5, features=(4, 6), dense=(8,), batch_norm=True)
-    plain = fused.clone(fused_max_pool=False)
+    plain = "plain"
     variables = fused.init(jax.random.key(5), x)
 
     def loss(model, params):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                                mutable=["batch_stats"])
+        switches = layers.Performance(fused_max_pool=model != "plain")
+        with layers.performing(switches):
+            logits, _ = fused.apply({**variables, "params": params}, x, train=True,
+                                    mutable=["batch_stats"])
         return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
 
-    np.testing.assert_array_equal(plain.apply(variables, x), fused.apply(variables, x))
+    def apply(model):
+        with layers.performing(layers.Performance(fused_max_pool=model != "plain")):
+            return fused.apply(variables, x)
+
+    np.testing.assert_array_equal(apply(plain), apply(fused))
     for a, b in zip(jax.tree.leaves(jax.grad(partial(loss, plain))(variables["params"])),
                     jax.tree.leaves(jax.grad(partial(loss, fused))(variables["params"])),
                     strict=True):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cnnjax import data, training
+from cnnjax import run as run_lib
 from cnnjax.config import ConfigError, validate
 from cnnjax.data import dali, local, streaming
 from tests.helpers import tiny_config
@@ -64,10 +65,9 @@ def test_a_run_on_dali_stopped_and_resumed_ends_as_an_uninterrupted_one(jpegs, t
     training.run(config, str(tmp_path / "resumed"), stop_at_step=3)
     resumed = training.run(config, str(tmp_path / "resumed"))
     assert straight["eval_loss"] == resumed["eval_loss"]
-    from cnnjax import evaluate
 
-    a = evaluate.load_run(str(tmp_path / "straight")).variables
-    b = evaluate.load_run(str(tmp_path / "resumed")).variables
+    a = run_lib.load(str(tmp_path / "straight")).variables
+    b = run_lib.load(str(tmp_path / "resumed")).variables
     assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cnnjax import data, models, parallel, steps, training
+from cnnjax import data, evaluate, models, parallel, steps, training
 from cnnjax.config import ConfigError, defaults, model_config
 from cnnjax.data import catalog
 
@@ -69,8 +69,10 @@ def test_memory_and_streaming_score_the_same(data_dir):
         state = steps.init_state(model, _sgd(), 0, memory.info.image_shape, mesh)
         stats = {"mean": memory.info.mean, "std": memory.info.std}
         eval_step = steps.make_eval_step(mesh, model=model, **stats)
-        scores = [training._eval(eval_step, state, d, 16, mesh) for d in (memory, streaming)]
-    assert scores[0] == scores[1] and scores[0]["eval_loss"] > 0
+        scores = [evaluate.evaluation(eval_step, state.variables, d.eval_batches(16), mesh)
+                  for d in (memory, streaming)]
+    assert scores[0].metrics == scores[1].metrics and scores[0].metrics["eval_loss"] > 0
+    np.testing.assert_array_equal(scores[0].confusion, scores[1].confusion)
 
 
 def _sgd():

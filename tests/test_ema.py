@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import checkpoint, data, evaluate, models, parallel, steps, training
+from cnnjax import checkpoint, data, models, parallel, steps, training
+from cnnjax import run as run_lib
 from cnnjax.config import ConfigError, validate
 from tests.helpers import tiny_config
 
@@ -54,10 +55,10 @@ def test_a_run_with_an_average_resumes_bit_for_bit_and_evaluates_it(tmp_path, da
     assert summary["best_metric"] == "eval_ema_accuracy"
 
     # --ema evaluates the average: the numbers the loop reported for it.
-    result = evaluate.run_eval(straight, "latest", ema=True)
+    result = run_lib.run_eval(straight, "latest", ema=True)
     assert result["eval_accuracy"] == summary["eval_ema_accuracy"]
     assert result["eval_loss"] == pytest.approx(summary["eval_ema_loss"], rel=1e-6)
-    assert evaluate.run_eval(straight, "latest")["eval_accuracy"] == summary["eval_accuracy"]
+    assert run_lib.run_eval(straight, "latest")["eval_accuracy"] == summary["eval_accuracy"]
 
 
 def test_turning_the_average_on_or_off_on_a_resume_keeps_the_checkpoint(tmp_path, data_dir):
@@ -73,7 +74,7 @@ def test_turning_the_average_on_or_off_on_a_resume_keeps_the_checkpoint(tmp_path
     assert summary["step"] == 20 and "eval_ema_accuracy" not in summary
     assert not os.path.exists(os.path.join(workdir, "checkpoints_damaged"))
     with pytest.raises(ConfigError, match="holds no average of the weights"):
-        evaluate.load_run(workdir, "latest", ema=True)
+        run_lib.load(workdir, "latest", ema=True)
 
 
 def test_an_ema_best_metric_needs_the_average(data_dir):

@@ -1,6 +1,7 @@
 """--mode=eval and --mode=predict, and the best checkpoint."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -9,6 +10,8 @@ import pytest
 from PIL import Image
 
 from cnnjax import checkpoint, evaluate, training
+from cnnjax import data as data_lib
+from cnnjax import run as run_lib
 from cnnjax.config import ConfigError
 from cnnjax.data.builders.digits import load_split
 from cnnjax.metrics import read_jsonl
@@ -26,7 +29,7 @@ def _evals(workdir):
 
 def test_eval_equals_the_training_loops_last_eval(tiny_run):  # noqa: F811
     workdir, summary, _ = tiny_run
-    result = evaluate.run_eval(workdir)
+    result = run_lib.run_eval(workdir)
     last = _evals(workdir)[20]
     assert result["step"] == 20
     for key in EVAL_KEYS:
@@ -38,6 +41,40 @@ def test_eval_equals_the_training_loops_last_eval(tiny_run):  # noqa: F811
     np.testing.assert_allclose(result["per_class_accuracy"], np.diag(cm) / cm.sum(1))
     with open(os.path.join(workdir, "eval.json")) as f:
         assert json.load(f)["eval_accuracy"] == last["eval_accuracy"]
+
+
+def test_a_run_passes_once_over_the_test_split_per_evaluation_and_eval_mode_repeats_the_last(
+        data_dir, tmp_path, monkeypatch):
+    passes, evaluations = [], []
+    build, build_eval, evaluation = data_lib.build, data_lib.build_eval, evaluate.evaluation
+
+    def counting(data):  # a pass counts when the test split has been read to its end
+        def eval_batches(size):
+            yield from data.eval_batches(size)
+            passes.append(size)
+
+        return dataclasses.replace(data, eval_batches=eval_batches)
+
+    def recorded(*args, **kwargs):
+        evaluations.append(evaluation(*args, **kwargs))
+        return evaluations[-1]
+
+    builds = []  # the training split is read only by data.build
+    monkeypatch.setattr(data_lib, "build",
+                        lambda *a, **k: builds.append(1) or counting(build(*a, **k)))
+    monkeypatch.setattr(data_lib, "build_eval", lambda *a, **k: counting(build_eval(*a, **k)))
+    monkeypatch.setattr(evaluate, "evaluation", recorded)
+    workdir = str(tmp_path / "run")
+    training.run(tiny_config(data_dir), workdir)  # evaluates at steps 10 and 20, plots on
+    assert len(passes) == len(evaluations) == 2  # the plots' confusion is step 20's
+    assert os.path.isfile(os.path.join(workdir, "plots", "confusion_matrix.png"))
+    del builds[:]
+    result = run_lib.run_eval(workdir)
+    assert len(passes) == 3 and not builds  # the test split alone
+    last = evaluations[1]
+    assert result["confusion_matrix"] == last.confusion.tolist()
+    for key in EVAL_KEYS:
+        assert result[key] == last.metrics[key] == _evals(workdir)[20][key], key
 
 
 def test_best_checkpoint_is_the_best_eval_and_launch_evaluates_it(tiny_run, data_dir):  # noqa: F811
@@ -86,7 +123,7 @@ def test_predict_from_npz_agrees_with_the_training_eval(tiny_run, tmp_path):  # 
     workdir, summary, _ = tiny_run
     images, labels = load_split("test")
     np.savez(tmp_path / "x.npz", images=images[:, :, :, 0])  # [n, h, w]: channel added
-    rows = evaluate.run_predict(workdir, str(tmp_path / "x.npz"))
+    rows = run_lib.run_predict(workdir, str(tmp_path / "x.npz"))
     predicted = np.array([r["predicted"] for r in rows])
     assert np.mean(predicted == labels) == summary["eval_accuracy"]
     assert rows[5]["input"].endswith("x.npz[5]")
@@ -95,14 +132,14 @@ def test_predict_from_npz_agrees_with_the_training_eval(tiny_run, tmp_path):  # 
 def test_bad_checkpoint_and_inputs_are_one_line_errors(tiny_run, tmp_path):  # noqa: F811
     workdir, _, _ = tiny_run
     with pytest.raises(ConfigError, match="no checkpoint at step 7 in .*there are: \\[10, 20\\]"):
-        evaluate.resolve_checkpoint(workdir, "7")
+        run_lib.resolve_checkpoint(workdir, "7")
     with pytest.raises(ConfigError, match="'latest', 'best' or a step number, got 'newest'"):
-        evaluate.resolve_checkpoint(workdir, "newest")
+        run_lib.resolve_checkpoint(workdir, "newest")
     with pytest.raises(ConfigError, match="no checkpoint in"):
-        evaluate.resolve_checkpoint(str(tmp_path), "latest")
+        run_lib.resolve_checkpoint(str(tmp_path), "latest")
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 5, 5), np.uint8))
     with pytest.raises(ConfigError, match=r"shape \(5, 5, 1\); the model takes \(8, 8, 1\)"):
-        evaluate.run_predict(workdir, str(tmp_path / "bad.npz"))
+        run_lib.run_predict(workdir, str(tmp_path / "bad.npz"))
 
 
 def test_best_tracking_compares_by_mode(tmp_path):

@@ -1,6 +1,7 @@
 """Grad-CAM and saliency (``--mode=explain``, ``run.explain``): the heat map of a network
 trained to find a bright square lands on the square; the PNGs and their titles; bad input."""
 
+import dataclasses
 import os
 import shutil
 
@@ -81,7 +82,7 @@ def test_a_random_networks_heat_map_misses_the_square(square_run):
     images, labels, corners = squares(100, 2)
     run = cnnjax.load(square_run)
     variables = run.model.init(jax.random.key(7), images[:1].astype(np.float32))
-    run.variables = jax.device_get(variables)
+    run = dataclasses.replace(run, variables=jax.device_get(variables))  # a loaded run is frozen
     shown = run.explain(images, write=False)
     hits = [r <= p[0] < r + SQUARE and c <= p[1] < c + SQUARE
             for i in np.flatnonzero(labels)

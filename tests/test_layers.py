@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnnjax import config as config_lib
 from cnnjax import models
+from cnnjax.errors import ConfigError
 from cnnjax.models import layers
 
 
@@ -100,22 +102,21 @@ def test_space_to_depth_stem_equals_the_strided_7x7_convolution(size):
 
 def test_resnet_fast_layers_change_nothing_but_speed():
     x = jax.random.normal(jax.random.key(4), (2, 64, 64, 3))
-    fast = models.get_model("resnet18", num_classes=7)
-    plain = models.get_model("resnet18", num_classes=7, space_to_depth_stem=False,
-                             fused_max_pool=False)
-    variables = jax.jit(fast.init)(jax.random.key(5), x)
+    model = models.get_model("resnet18", num_classes=7)
+    plain = layers.Performance(space_to_depth_stem=False, fused_max_pool=False)
+    variables = jax.jit(model.init)(jax.random.key(5), x)
     assert jax.tree.structure(variables) == jax.tree.structure(
-        jax.eval_shape(plain.init, jax.random.key(5), x))
+        jax.eval_shape(layers.under(plain, model.init), jax.random.key(5), x))
 
     def loss(model, params):
         logits, _ = model.apply({**variables, "params": params}, x, train=True,
                                 mutable=["batch_stats"])
         return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
 
-    (_, logits), grads = jax.jit(jax.value_and_grad(lambda p: loss(fast, p), has_aux=True))(
+    (_, logits), grads = jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(
         variables["params"])
-    (_, logits_ref), grads_ref = jax.jit(
-        jax.value_and_grad(lambda p: loss(plain, p), has_aux=True))(variables["params"])
+    (_, logits_ref), grads_ref = jax.jit(layers.under(plain, jax.value_and_grad(
+        lambda p: loss(model, p), has_aux=True)))(variables["params"])
     np.testing.assert_allclose(logits, logits_ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
@@ -134,15 +135,16 @@ def test_in_memory_is_the_identity_in_values_and_gradients():
 
 
 def _resnet_grad(name, materialize, x):
-    model = models.get_model(name, num_classes=5, materialize_on_cpu=materialize)
-    variables = jax.jit(model.init)(jax.random.key(1), x)
+    model = models.get_model(name, num_classes=5)
+    switches = layers.Performance(materialize_on_cpu=materialize)
+    variables = jax.jit(layers.under(switches, model.init))(jax.random.key(1), x)
 
     def loss(params):
         logits, _ = model.apply({**variables, "params": params}, x, train=True,
                                 mutable=["batch_stats"])
         return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
 
-    fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    fn = jax.jit(layers.under(switches, jax.value_and_grad(loss, has_aux=True)))
     return fn, variables["params"]
 
 
@@ -237,7 +239,7 @@ def test_conv_formulations_run_on_cpu_only():
 
     assert "convolution" not in lowered("cpu")  # the depthwise taps: multiply-adds only
     assert "convolution" in lowered("cuda")
-    with layers._conv_impl_scope("xla"):
+    with layers.performing(layers.Performance(conv_impl="xla")):
         assert "convolution" in lowered("cpu")
 
 
@@ -263,18 +265,19 @@ def test_models_train_the_same_with_and_without_the_conv_formulations(name):
     # 64x64: the last stages' maps are 2x2 (the tiny-output formulation), and BatchNorm's
     # statistics are over more than two values (over fewer, rounding alone moves them).
     x = jax.random.normal(jax.random.key(3), (4, 64, 64, 3))
-    auto = models.get_model(name, num_classes=5)
-    plain = models.get_model(name, num_classes=5, conv_impl="xla")
-    variables = jax.jit(auto.init)(jax.random.key(4), x)
+    model = models.get_model(name, num_classes=5)
+    auto, plain = layers.Performance(), layers.Performance(conv_impl="xla")
+    variables = jax.jit(model.init)(jax.random.key(4), x)
     assert jax.tree.structure(variables) == jax.tree.structure(
-        jax.eval_shape(plain.init, jax.random.key(4), x))
+        jax.eval_shape(layers.under(plain, model.init), jax.random.key(4), x))
 
-    def grads(model):
+    def grads(switches):
         def loss(params):
             logits, _ = model.apply({**variables, "params": params}, x, train=True,
                                     mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
             return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), logits
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+        return jax.jit(layers.under(switches, jax.value_and_grad(loss, has_aux=True)))(
+            variables["params"])
 
     (_, logits), g = grads(auto)
     (_, logits_ref), g_ref = grads(plain)
@@ -287,8 +290,25 @@ def test_models_train_the_same_with_and_without_the_conv_formulations(name):
 
 
 def test_conv_impl_is_checked_by_name():
-    with pytest.raises(ValueError, match="model.conv_impl of 'resnet18' must be 'auto' or 'xla'"):
-        models.check_fields("resnet18", {"conv_impl": "fast"})
+    config = config_lib.defaults()
+    config.performance.conv_impl = "fast"
+    with pytest.raises(ConfigError, match="^unknown performance.conv_impl 'fast'; choose one "
+                                          "of: auto, xla$"):
+        config_lib.validate(config, 1)
     with pytest.raises(ValueError, match="conv_impl must be one of auto, xla, got 'fast'"):
-        models.get_model("resnet18", num_classes=2, conv_impl="fast").init(
-            jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        with layers.performing({"conv_impl": "fast"}):
+            pass
+
+
+def test_a_speed_switch_in_the_model_section_names_its_new_place():
+    config = config_lib.defaults()
+    config.model = config_lib.model_config("resnet18")
+    with config.unlocked():
+        config.model.conv_impl = "xla"
+    with pytest.raises(ConfigError, match=r"^model.conv_impl is now performance.conv_impl "):
+        config_lib.validate(config, 1)
+
+
+def test_the_models_have_no_speed_switch_among_their_fields():
+    for name in models.names():
+        assert not set(models.model_fields(name)) & set(config_lib.PERFORMANCE_FIELDS), name

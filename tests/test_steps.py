@@ -62,10 +62,13 @@ def test_eval_step_counts_every_example_once_and_masks_padding(data_dir):
     model = models.get_model("cnn", num_classes=10, features=(8, 16), dense=(32,))
     eval_step = steps.make_eval_step(mesh, model=model, mean=info.mean, std=info.std)
     totals = {"count": 0.0, "correct": 0.0, "loss": 0.0}
+    confusion = np.zeros((10, 10), np.int64)
     for b in data.eval_batches(split.images, split.labels, 64):  # 450 = 7 * 64 + 2
-        out = eval_step(state, parallel.global_batch(b, mesh))
+        out = eval_step(state.variables, parallel.global_batch(b, mesh))
         for k in totals:
             totals[k] += float(out[k])
+        assert out["confusion"].dtype == np.int32 and out["confusion"].shape == (10, 10)
+        confusion += np.asarray(out["confusion"])
     assert totals["count"] == len(split) == 450
     # reference: the same model applied to the whole split at once, outside any mesh
     variables = {"params": parallel.to_host(state.params)}
@@ -73,6 +76,9 @@ def test_eval_step_counts_every_example_once_and_masks_padding(data_dir):
     correct = float(np.sum(np.argmax(logits, -1) == split.labels))
     loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, split.labels).sum())
     assert totals["correct"] == correct
+    expected = np.zeros((10, 10), np.int64)  # [true, predicted], the padding left out
+    np.add.at(expected, (split.labels, np.argmax(logits, -1)), 1)
+    np.testing.assert_array_equal(confusion, expected)
     assert totals["loss"] == pytest.approx(loss, rel=1e-5)
 
 

@@ -46,6 +46,29 @@ def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, dat
     assert _metrics(straight) == _metrics(resumed)
 
 
+def test_a_resume_with_the_speed_switches_changed_goes_ahead_bit_identical(tmp_path, data_dir):
+    # The performance section says how a run computes, not what: a resume with other switches
+    # is the same run, and a config.json written when the switches were model fields (before
+    # they left the model section) resumes too.
+    config = tiny_config(data_dir, num_steps=12, checkpoint_every_steps=100, plots=False)
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    training.run(config, straight)
+    training.run(config, resumed, stop_at_step=5)
+    path = os.path.join(resumed, "config.json")
+    with open(path) as f:
+        stored = json.load(f)
+    stored["model"].update(stored.pop("performance"))  # as an older cnnjax wrote it
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    config.performance.conv_impl, config.performance.materialize_on_cpu = "xla", False
+    assert training.run(config, resumed)["step"] == 12  # not refused as another config
+    (step_a, a), (step_b, b) = _final_state(straight), _final_state(resumed)
+    assert step_a == step_b == 12
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert _metrics(straight) == _metrics(resumed)
+
+
 def test_workdir_files_and_summary(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     summary = training.run(tiny_config(data_dir), workdir)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from cnnjax import models, plot_data, training, viz
+from cnnjax import run as run_lib
 from cnnjax.config import model_config
 from tests.helpers import tiny_config
 from tests.runs import tiny_run  # noqa: F401 (a fixture)
@@ -34,16 +35,15 @@ def test_training_writes_every_picture(tiny_run):  # noqa: F811
 
 def test_visualize_any_checkpoint(tiny_run):  # noqa: F811
     workdir, _, _ = tiny_run
-    written = plot_data.visualize(workdir, "10")
+    written = run_lib.run_visualize(workdir, "10")
     assert sorted(os.path.basename(p) for p in written) == sorted(PNGS)
     _check_pngs(os.path.join(workdir, "plots", "10"))
 
 
 def test_initial_filters_are_recovered_without_the_saved_file(tiny_run, tmp_path):  # noqa: F811
     workdir, _, _ = tiny_run
-    from cnnjax import evaluate
 
-    run = evaluate.load_run(workdir)
+    run = run_lib.load(workdir)
     kernel = plot_data.initial_kernel(str(tmp_path), run.config, (8, 8, 1), 10)  # re-initialised
     saved = np.load(os.path.join(workdir, "plots", plot_data.INIT_KERNEL))
     np.testing.assert_array_equal(kernel, saved)

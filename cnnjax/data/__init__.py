@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cnnjax.config import LOADERS
 from cnnjax.data import local
 from cnnjax.data.loader import InMemoryLoader, eval_batches
 from cnnjax.data.sources import (
@@ -42,6 +41,9 @@ from cnnjax.data.sources import (
 from cnnjax.data.transforms import Framing
 from cnnjax.errors import ConfigError, warn
 
+# The loaders a config may name (data.loader): auto picks memory when the decoded dataset fits
+# under data.max_memory_mb, else streaming (choose_loader).
+LOADERS = ("auto", "memory", "streaming", "dali")
 __all__ = [
     "CorruptImageError", "Data", "DataNotPreparedError", "DatasetInfo", "InMemoryLoader",
     "LOADERS", "Split", "build", "describe", "eval_batches", "load", "names",
@@ -269,6 +271,32 @@ def build(cfg, seed: int, process_index: int = 0, process_count: int = 1) -> Dat
         augment["flip"] = False  # flipped on the host, with the crop
     return Data(info=_info(source, framing, sample), train=loader, eval_batches=evals,
                 num_train=num_train, num_eval=num_eval, augment=augment, loader=kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+    """The test split alone (``eval_batches`` as ``Data``'s), for a trained run."""
+
+    info: DatasetInfo
+    eval_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
+    num_eval: int
+
+
+def build_eval(cfg, info: DatasetInfo, process_index: int = 0,
+               process_count: int = 1) -> EvalData:
+    """The test split of the ``data`` section ``cfg``, without reading the training split;
+    ``info``: ``describe(cfg)``, as the run was trained with."""
+    source = open_source(cfg)
+    framing = framing_for(source, cfg)
+    if choose_loader(cfg, source, framing) == "memory":
+        test = load_arrays(source.eval, framing, cfg.skip_corrupt)
+        return EvalData(info, lambda batch_size: eval_batches(
+            test.images, test.labels, batch_size, process_index, process_count), len(test))
+    from cnnjax.data import streaming  # Grain, 1.3 s to import: only for this loader
+
+    return EvalData(info, lambda batch_size: streaming.eval_batches(
+        source.eval, framing, batch_size, process_index, process_count, cfg.workers),
+        len(source.eval))
 
 
 def describe(cfg) -> DatasetInfo:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from cnnjax.data import catalog
 from cnnjax.data.sources import ArrayRecords, CorruptImageError, Source
-from cnnjax.errors import ConfigError, warn
+from cnnjax.errors import ConfigError, first_line, warn
 
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0
@@ -102,7 +102,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         with loaded as f:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        reason = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e).split(". ")[0]
         raise ConfigError(
             f"{path} is not a readable .npz of arrays ({reason}); write one with "
             "np.savez(path, images=..., labels=...)") from None

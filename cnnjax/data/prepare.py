@@ -20,7 +20,7 @@ from absl import app, flags, logging
 
 from cnnjax import signals
 from cnnjax.data import sources
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, first_line
 
 PROBE_TIMEOUT_S = 10.0  # per host: an unreachable network answers within this, or never
 
@@ -72,7 +72,6 @@ def check_network(name: str, builder, data_dir: str) -> None:
 
 
 def _one_line(name: str, error: Exception) -> str:
-    text = str(error).strip()
     chain, cause = [], error
     while cause is not None and len(chain) < 10:
         chain.append(cause)
@@ -82,8 +81,7 @@ def _one_line(name: str, error: Exception) -> str:
             f"preparing {name} needs TensorFlow to encode its images: pip install tensorflow "
             "(training does not need it)"
         )
-    first = text.splitlines()[0] if text else type(error).__name__
-    return f"preparing {name} failed: {type(error).__name__}: {first}"
+    return f"preparing {name} failed: {type(error).__name__}: {first_line(error)}"
 
 
 def main(argv: list[str]) -> int:
@@ -111,7 +109,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {str(e).splitlines()[0]}; see --helpfull", file=sys.stderr)
+        print(f"error: {first_line(e)}; see --helpfull", file=sys.stderr)
         sys.exit(2)
 
 

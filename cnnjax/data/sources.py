@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from cnnjax.data import catalog
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, first_line
 
 # Datasets whose builder ships in cnnjax: name -> module that registers the builder.
 BUILTIN = {"digits": "cnnjax.data.builders.digits"}
@@ -182,7 +182,7 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
             "--config.data.name=npz:/path/file.npz or folder:/path/dir"
         ) from None
     except Exception as e:  # noqa: BLE001 -- a malformed name/config/version: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(f"data.name={name!r} cannot be opened by TFDS ({first[:200]}); "
                           "give a dataset name such as mnist or cifar10, optionally with "
                           "/config and :version") from None
@@ -207,7 +207,7 @@ def open_tfds(name: str, data_dir: str = "") -> Source:
                     f"{searched}); prepare it once with: "
                     f"{prepare_command(name, data_dir)}"
                 ) from None
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ConfigError(
                 f"split {split!r} of dataset {name!r} in {data_dir} cannot be read with "
                 f"tfds.data_source ({first}); it must be prepared as ArrayRecord: "

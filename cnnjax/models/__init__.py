@@ -141,7 +141,6 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ops": (lambda v: v in ("lax", "scratch"), "'lax' or 'scratch'"),
     "block": (lambda v: v in ("basic", "bottleneck"), "'basic' or 'bottleneck'"),
     "shortcut": (lambda v: v in ("A", "B"), "'A' or 'B'"),
-    "conv_impl": (lambda v: v in ("auto", "xla"), "'auto' or 'xla'"),
 }
 
 
@@ -156,6 +155,12 @@ def check_fields(name: str, fields: dict[str, Any]) -> None:
         if key in FIELD_RULES and not FIELD_RULES[key][0](value):
             raise ValueError(f"model.{key} of {name!r} must be {FIELD_RULES[key][1]}, "
                              f"got {value!r}")
+    _check_model_rules(name, fields)
+
+
+def _check_model_rules(name: str, fields: dict[str, Any]) -> None:
+    # A module's own rules (a ResNet's depth), run by validation and by every model build,
+    # so the module itself need not repeat them in __call__.
     cls = _module_class(get_constructor(name))
     if hasattr(cls, "check_fields"):
         cls.check_fields({**model_fields(name), **fields})
@@ -164,7 +169,9 @@ def check_fields(name: str, fields: dict[str, Any]) -> None:
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Builds the module registered as ``name`` with the given fields."""
     ctor = get_constructor(name)
-    check_kwargs(name, {k: v for k, v in kwargs.items() if k != "axis_name"})
+    fields = {k: v for k, v in kwargs.items() if k != "axis_name"}
+    check_kwargs(name, fields)
+    _check_model_rules(name, fields)
     if isinstance(kwargs.get("dtype"), str):  # configs name dtypes: "float32", "bfloat16"
         kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
     return ctor(**kwargs)

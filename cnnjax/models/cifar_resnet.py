@@ -30,11 +30,10 @@ class _Layers:
 
     dtype: Any
     axis_name: str | None
-    materialize_on_cpu: bool
 
     def conv(self, features, kernel=3, strides=1, name=None):
-        conv = blocks.conv(features, kernel, strides=strides, dtype=self.dtype, name=name)
-        return (lambda x: conv(layers.in_memory(x))) if self.materialize_on_cpu else conv
+        return layers.materialized(
+            blocks.conv(features, kernel, strides=strides, dtype=self.dtype, name=name))
 
     def norm(self, train, name=None):
         return blocks.batch_norm(train, axis_name=self.axis_name, dtype=self.dtype, name=name)
@@ -59,7 +58,6 @@ class CifarBasicBlock(_Layers, nn.Module):
     drop_path: float = 0.0  # this block's stochastic-depth probability
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -96,13 +94,6 @@ class CifarResNet(_Layers, nn.Module):
         from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
-        effect on other platforms; its effect:
-        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
-      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
-        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
-        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
@@ -111,8 +102,6 @@ class CifarResNet(_Layers, nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -121,10 +110,7 @@ class CifarResNet(_Layers, nn.Module):
                              f"110, ...), got {fields['depth']}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
-        if (self.depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {self.depth}")
         if self.shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
         n = (self.depth - 2) // 6
@@ -137,7 +123,6 @@ class CifarResNet(_Layers, nn.Module):
                     width, strides=2 if i > 0 and j == 0 else 1, shortcut=self.shortcut,
                     drop_path=layers.block_drop_rate(self.drop_path_rate, i * n + j, 3 * n),
                     dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
-                    materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         return self.head(x, self.num_classes).astype(jnp.float32)
@@ -162,7 +147,6 @@ class PreActBlock(_Layers, nn.Module):
     drop_path: float = 0.0  # this block's stochastic-depth probability
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -190,13 +174,6 @@ class PreActResNet(_Layers, nn.Module):
         from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
-        effect on other platforms; its effect:
-        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
-      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
-        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
-        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
@@ -204,11 +181,8 @@ class PreActResNet(_Layers, nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
-    conv_impl: str = "auto"
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = self.conv(64, 3, name="conv1")(x)
@@ -220,7 +194,6 @@ class PreActResNet(_Layers, nn.Module):
                 x = PreActBlock(
                     64 * 2**i, strides=2 if i > 0 and j == 0 else 1, drop_path=drop,
                     dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
-                    materialize_on_cpu=self.materialize_on_cpu,
                 )(x, train=train)
         # The last unit's sum is followed by one more activation (He et al. 2016, section 4.1).
         x = nn.relu(self.norm(train, "bn_final")(x))
@@ -250,13 +223,6 @@ class WideResNet(_Layers, nn.Module):
         from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      materialize_on_cpu: on CPU, compute each convolution's input into memory first
-        (:func:`cnnjax.models.layers.in_memory`); a performance switch only, with no
-        effect on other platforms; its effect:
-        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
-      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
-        (:func:`cnnjax.models.layers.conv_general_dilated`); ``"xla"``: every convolution
-        ``lax``'s. A performance switch only.
     """
 
     num_classes: int = 10
@@ -266,8 +232,6 @@ class WideResNet(_Layers, nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -276,10 +240,7 @@ class WideResNet(_Layers, nn.Module):
                              f"...), got {fields['depth']}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
-        if (self.depth - 4) % 6:
-            raise ValueError(f"Wide ResNet depth must be 6n + 4, got {self.depth}")
         n = (self.depth - 4) // 6
         x = jnp.asarray(x, self.dtype)
         x = self.conv(16, 3, name="conv1")(x)
@@ -289,8 +250,7 @@ class WideResNet(_Layers, nn.Module):
                     width * self.widen_factor, strides=2 if i > 0 and j == 0 else 1,
                     dropout=self.dropout,
                     drop_path=layers.block_drop_rate(self.drop_path_rate, i * n + j, 3 * n),
-                    dtype=self.dtype, axis_name=self.axis_name,
-                    name=f"layer{i + 1}_{j}", materialize_on_cpu=self.materialize_on_cpu,
+                    dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}",
                 )(x, train=train)
         x = nn.relu(self.norm(train, "bn_final")(x))
         x = jnp.mean(x, axis=(1, 2))

@@ -89,9 +89,6 @@ class CNN(nn.Module):
       ops: ``"lax"`` (``nn.Conv``, :func:`max_pool` (``nn.max_pool``'s values and gradients,
         faster on CPU) / ``nn.avg_pool``) or ``"scratch"`` (:mod:`cnnjax.ops`); the parameter
         tree is the same either way.
-      fused_max_pool: with ``ops="lax"``, the max-pool as fused strided slices (:func:`max_pool`,
-        faster on CPU); off, ``nn.max_pool`` (the same values and gradients), which ONNX
-        converters read with any batch size (``cnnjax.export.PORTABLE`` turns it off).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
     """
 
@@ -108,7 +105,6 @@ class CNN(nn.Module):
     batch_norm: bool = False
     dropout: float = 0.0
     ops: str = "lax"
-    fused_max_pool: bool = True
     dtype: Any = jnp.float32
     axis_name: str | None = None
 
@@ -121,7 +117,10 @@ class CNN(nn.Module):
             raise ValueError(f"ops must be 'lax' or 'scratch', got {self.ops!r}")
         scratch = self.ops == "scratch"
         pools = {
-            "max": (max_pool if self.fused_max_pool else plain_max_pool,
+            # The run's performance switch: fused strided slices (faster on CPU) or
+            # nn.max_pool (the same values and gradients; what ONNX converters read with any
+            # batch size, so layers.PORTABLE turns the fused form off).
+            "max": (max_pool if layers.performance().fused_max_pool else plain_max_pool,
                     partial(scratch_ops.max_pool, stride=window)),
             "avg": (partial(nn.avg_pool, strides=window),
                     partial(scratch_ops.avg_pool, stride=window)),

@@ -71,9 +71,6 @@ class ConvNeXt(nn.Module):
       stochastic_depth_prob: the last block's drop probability (torchvision's per model).
       layer_scale: initial value of every layer scale (1e-6).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
-      conv_impl: ``"auto"``: the depthwise 7x7 convolutions computed faster on CPU
-        (:func:`layers.conv_general_dilated`); ``"xla"``: every convolution ``lax``'s. A
-        performance switch only.
     """
 
     num_classes: int = 1000
@@ -83,7 +80,6 @@ class ConvNeXt(nn.Module):
     layer_scale: float = 1e-6
     dtype: Any = jnp.float32
     axis_name: str | None = None  # no BatchNorm: nothing is averaged over devices
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -96,7 +92,6 @@ class ConvNeXt(nn.Module):
                              f"{fields['stochastic_depth_prob']}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         conv = functools.partial(nn.Conv, padding="VALID", kernel_init=kernel_init,
                                  dtype=self.dtype, param_dtype=jnp.float32)

@@ -99,9 +99,6 @@ class DenseNet(_Layers):
       drop_rate: dropout after each layer (torchvision's 0; needs a ``"dropout"`` rng).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
-        (:func:`layers.conv_general_dilated`); ``"xla"``: every convolution ``lax``'s. A
-        performance switch only.
     """
 
     num_classes: int = 1000
@@ -110,7 +107,6 @@ class DenseNet(_Layers):
     num_init_features: int = 64
     bn_size: int = 4
     drop_rate: float = 0.0
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -127,7 +123,6 @@ class DenseNet(_Layers):
                              f"{fields['drop_rate']}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         shared = {"dtype": self.dtype, "axis_name": self.axis_name}
         x = jnp.asarray(x, self.dtype)

@@ -108,9 +108,6 @@ class EfficientNet(blocks.ConvNormAct):
       bn_eps, bn_momentum: BatchNorm's epsilon and PyTorch-convention momentum.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      conv_impl: ``"auto"``: depthwise, grouped and tiny-output convolutions computed faster
-        on CPU (:func:`layers.conv_general_dilated`; the same parameters and function);
-        ``"xla"``: every convolution ``lax``'s.
     """
 
     num_classes: int = 1000
@@ -120,7 +117,6 @@ class EfficientNet(blocks.ConvNormAct):
     last_channel: int = 0
     dropout: float = 0.2
     stochastic_depth_prob: float = 0.2
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -142,7 +138,6 @@ class EfficientNet(blocks.ConvNormAct):
                 for f, e, k, s, _, out, n in LAYOUTS[self.layout]]
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         stem = blocks.make_divisible(LAYOUTS[self.layout][0][4] * self.width_mult)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -197,6 +198,84 @@ def check_halvable(x: jax.Array, model: str, smallest: int) -> None:
                          f"images of {smallest}x{smallest} or more")
 
 
+# --------------------------------------------------------------------------- performance
+
+
+@dataclasses.dataclass(frozen=True)
+class Performance:
+    """How the models compute, never what: CPU speed switches with the same parameters and
+    the same function (outputs agree to float rounding, checkpoints are interchangeable).
+
+    A run's ``performance`` section (``config.FIELDS``), outside what makes two configs the
+    same run: resuming with a switch changed is allowed. Read while a model is traced
+    (:func:`performance`), so a jitted function follows the switches in force when it is
+    first called; the run, the loaded run and the export each trace inside their own
+    :func:`performing` block.
+
+    Attributes:
+      conv_impl: ``"auto"``: depthwise, grouped and tiny-output convolutions computed faster
+        on CPU (:func:`conv_general_dilated`); ``"xla"``: every convolution ``lax``'s.
+      materialize_on_cpu: on CPU, ResNets compute each block convolution's input into memory
+        first (:func:`in_memory`; no effect on other platforms);
+        docs/performance.md#cpu-the-digits-cnn-and-cifar-resnet-20.
+      space_to_depth_stem: ResNet's 7x7/2 stem computed on 2x2 pixel blocks
+        (:class:`SpaceToDepthStem`).
+      fused_max_pool: ResNet's 3x3/2 max-pool and the CNN's max-pools as fused strided slices
+        (:func:`max_pool`); off, ``nn.max_pool`` (the CNN) or a padded pool (ResNet).
+    """
+
+    conv_impl: str = "auto"
+    materialize_on_cpu: bool = True
+    space_to_depth_stem: bool = True
+    fused_max_pool: bool = True
+
+
+# The plainest program, for files other runtimes read (ONNX) and for measuring XLA's own.
+PORTABLE = Performance(conv_impl="xla", materialize_on_cpu=False, space_to_depth_stem=False,
+                       fused_max_pool=False)
+_performance: contextvars.ContextVar[Performance | None] = contextvars.ContextVar(
+    "performance", default=None)
+
+
+def performance() -> Performance:
+    """The switches in force (the defaults outside any :func:`performing` block)."""
+    return _performance.get() or Performance()
+
+
+@contextlib.contextmanager
+def performing(switches: Performance | Any):
+    """Within the block, models trace with ``switches`` (a ``Performance``, or a mapping of
+    its fields: a config's ``performance`` section)."""
+    if not isinstance(switches, Performance):
+        switches = Performance(**dict(switches))
+    if switches.conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, "
+                         f"got {switches.conv_impl!r}")
+    token = _performance.set(switches)
+    try:
+        yield switches
+    finally:
+        _performance.reset(token)
+
+
+def under(switches: Performance | Any, fn: Any) -> Any:
+    """``fn`` computing with ``switches`` whatever is in force where it is called: for a
+    function handed to ``jax.jit``, whose trace is cached with the switches it saw."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with performing(switches):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def materialized(conv: Any) -> Any:
+    """``conv`` whose input is computed into memory first on CPU when
+    ``performance().materialize_on_cpu`` (:func:`in_memory`); else ``conv`` itself."""
+    return (lambda x: conv(in_memory(x))) if performance().materialize_on_cpu else conv
+
+
 # --------------------------------------------------------------------------- convolutions
 #
 # XLA:CPU is far from the machine's speed on three kinds of convolution the zoo has (figures
@@ -209,8 +288,7 @@ def check_halvable(x: jax.Array, model: str, smallest: int) -> None:
 # ``lax``'s.
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-CONV_IMPLS = ("auto", "xla")  # a model's ``conv_impl``: the formulations below, or lax's only
-_conv_impl: contextvars.ContextVar[str] = contextvars.ContextVar("conv_impl", default="auto")
+CONV_IMPLS = ("auto", "xla")  # ``Performance.conv_impl``: the formulations below, or lax's only
 
 # A stride-1 depthwise kernel gradient with this many (tap, output pixel) pairs or more is left
 # to XLA, whose own is the faster there (3x3 over 16x16 and up, 7x7 over 8x8 and up).
@@ -220,32 +298,6 @@ _DEPTHWISE_XLA_DW_PRODUCTS = 9 * 16 * 16
 _GROUPED_DENSE_DW_WIDTH = 8
 # Dense convolutions with this many output pixels or fewer are one matrix product over patches.
 _IM2COL_MAX_PIXELS = 4
-
-
-@contextlib.contextmanager
-def _conv_impl_scope(impl: str):
-    """Within this context, :func:`conv_general_dilated` computes with ``impl``:
-    ``"auto"`` (the faster formulations where measured faster) or ``"xla"`` (always lax's).
-    Read while tracing, so private: the switch is a model's ``conv_impl`` field, part of
-    whatever a jitted function closes over, and never a state a cached trace could miss."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {impl!r}")
-    token = _conv_impl.set(impl)
-    try:
-        yield
-    finally:
-        _conv_impl.reset(token)
-
-
-def uses_conv_impl(call):
-    """Decorates a model's ``__call__`` so that its convolutions follow ``self.conv_impl``."""
-
-    @functools.wraps(call)
-    def wrapped(self, *args, **kwargs):
-        with _conv_impl_scope(self.conv_impl):
-            return call(self, *args, **kwargs)
-
-    return wrapped
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -260,7 +312,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
             feature_group_count, batch_group_count, precision, preferred_element_type)
 
     fast = None
-    if (_conv_impl.get() == "auto" and lhs.ndim == 4 and batch_group_count == 1
+    if (performance().conv_impl == "auto" and lhs.ndim == 4 and batch_group_count == 1
             and preferred_element_type is None and lhs.dtype == rhs.dtype == jnp.float32
             and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)

@@ -22,7 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models import blocks, layers, register
+from cnnjax.models import blocks, register
 
 # torchvision initialises the Linear layers of both with N(0, 0.01), zero biases.
 dense_init = nn.initializers.normal(0.01)
@@ -64,20 +64,18 @@ class MobileNetV2(blocks.ConvNormAct):
       num_classes: number of output logits.
       width_mult: every width scaled (the last one never below 1280).
       dropout: dropout rate before the head.
-      dtype, axis_name, bn_eps, bn_momentum, conv_impl: as for EfficientNet.
+      dtype, axis_name, bn_eps, bn_momentum: as for EfficientNet.
     """
 
     num_classes: int = 1000
     width_mult: float = 1.0
     dropout: float = 0.2
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
         _check(fields, "MobileNetV2")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = self.conv_bn(x, blocks.make_divisible(32 * self.width_mult), 3, train, "features_0",
@@ -128,7 +126,7 @@ class MobileNetV3(blocks.ConvNormAct):
       size: ``"large"`` or ``"small"`` (the paper's two tables).
       width_mult: every width scaled.
       dropout: dropout rate before the head.
-      dtype, axis_name, bn_eps, bn_momentum, conv_impl: as for EfficientNet.
+      dtype, axis_name, bn_eps, bn_momentum: as for EfficientNet.
     """
 
     num_classes: int = 1000
@@ -137,7 +135,6 @@ class MobileNetV3(blocks.ConvNormAct):
     dropout: float = 0.2
     bn_eps: float = 1e-3
     bn_momentum: float = 0.01
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -147,7 +144,6 @@ class MobileNetV3(blocks.ConvNormAct):
                              f"{fields['size']!r}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         scaled = lambda c: blocks.make_divisible(c * self.width_mult)  # noqa: E731
         table = V3_BLOCKS[self.size]

@@ -150,7 +150,6 @@ class RegNet(blocks.ConvNormAct):
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
       bn_eps, bn_momentum: BatchNorm's epsilon and PyTorch-convention momentum.
-      conv_impl: as for EfficientNet.
     """
 
     num_classes: int = 1000
@@ -163,7 +162,6 @@ class RegNet(blocks.ConvNormAct):
     se_ratio: float = 0.25
     stem_width: int = 32
     drop_path_rate: float = 0.0
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -177,7 +175,6 @@ class RegNet(blocks.ConvNormAct):
                                  f"{fields[key]!r}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = self.conv_bn(x, self.stem_width, 3, train, "stem", strides=2, act=nn.relu)

@@ -31,12 +31,10 @@ class _Block(nn.Module):
     drop_path: float = 0.0  # this block's stochastic-depth probability
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    materialize_on_cpu: bool = True
 
     def conv(self, features, kernel, strides=1, name=None, groups=1):
-        conv = blocks.conv(features, kernel, strides=strides, groups=groups, dtype=self.dtype,
-                           name=name)
-        return (lambda x: conv(layers.in_memory(x))) if self.materialize_on_cpu else conv
+        return layers.materialized(blocks.conv(features, kernel, strides=strides, groups=groups,
+                                               dtype=self.dtype, name=name))
 
     def norm(self, train, name, zero=False):
         return blocks.batch_norm(train, axis_name=self.axis_name, zero_scale=zero,
@@ -109,16 +107,10 @@ class ResNet(nn.Module):
         from 0 to this at the last, the kept ones scaled by ``1 / (1 - p)``; 0 = off.
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      space_to_depth_stem: compute the 7x7/2 stem on 2x2 pixel blocks
-        (:class:`~cnnjax.models.layers.SpaceToDepthStem`: same parameters and function).
-      fused_max_pool: the 3x3/2 max-pool as fused strided slices (:func:`layers.max_pool`: the
-        same values and gradients as ``nn.max_pool``).
-      materialize_on_cpu: on CPU, compute each block convolution's input into memory first
-        (:func:`layers.in_memory`; no effect on other platforms).
-      conv_impl: ``"auto"``: grouped and tiny-output convolutions computed faster on CPU
-        (:func:`layers.conv_general_dilated`); ``"xla"``: every convolution ``lax``'s. All
-        four are performance switches only: outputs agree to float rounding and checkpoints
-        are interchangeable.
+
+    How it computes (the stem on 2x2 pixel blocks, the max-pool as fused strided slices, block
+    inputs into memory on CPU, the faster CPU convolutions) follows ``layers.Performance``,
+    the run's ``performance`` section, not a field: the same parameters and function.
     """
 
     num_classes: int = 1000
@@ -130,10 +122,6 @@ class ResNet(nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    space_to_depth_stem: bool = True
-    fused_max_pool: bool = True
-    materialize_on_cpu: bool = True
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -143,27 +131,24 @@ class ResNet(nn.Module):
                              "model.block='bottleneck' (a basic block has groups=1, width 64)")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         block_cls = BLOCKS[self.block] if isinstance(self.block, str) else self.block
         own = isinstance(block_cls, type) and issubclass(block_cls, _Block)
-        extra = {"materialize_on_cpu": self.materialize_on_cpu} if own else {}
+        extra = {}
         if self.drop_path_rate and not own:
             raise ValueError("drop_path_rate needs a block derived from resnet._Block")
-        if (self.groups, self.width_per_group) != (1, 64):
-            if block_cls is not Bottleneck:
-                raise ValueError("groups and width_per_group need block='bottleneck' (as in "
-                                 "torchvision, BasicBlock only supports groups=1, width 64)")
+        if (self.groups, self.width_per_group) != (1, 64):  # check_fields: a bottleneck
             extra.update(groups=self.groups, width_per_group=self.width_per_group)
         x = jnp.asarray(x, self.dtype)
-        if self.space_to_depth_stem:
+        switches = layers.performance()
+        if switches.space_to_depth_stem:
             x = layers.SpaceToDepthStem(64, kernel_init=blocks.conv_init, dtype=self.dtype,
                                         name="conv1")(x)
         else:
             x = blocks.conv(64, 7, strides=2, dtype=self.dtype, name="conv1")(x)
         x = blocks.batch_norm(train, axis_name=self.axis_name, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
-        pool = layers.max_pool if self.fused_max_pool else layers.padded_max_pool
+        pool = layers.max_pool if switches.fused_max_pool else layers.padded_max_pool
         x = pool(x, (3, 3), strides=(2, 2), padding=blocks.pad(1))
         total, done = sum(self.stage_sizes), 0
         for i, num_blocks in enumerate(self.stage_sizes):

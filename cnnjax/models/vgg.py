@@ -46,9 +46,6 @@ class VGG(nn.Module):
         training when non-zero).
       dtype: computation dtype; parameters stay float32 and logits are returned as float32.
       axis_name: device axis BatchNorm averages batch statistics over in training.
-      conv_impl: ``"auto"``: tiny-output convolutions computed faster on CPU
-        (:func:`layers.conv_general_dilated`); ``"xla"``: every convolution ``lax``'s. A
-        performance switch only.
     """
 
     num_classes: int = 1000
@@ -57,7 +54,6 @@ class VGG(nn.Module):
     dropout: float = 0.5
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    conv_impl: str = "auto"
 
     @classmethod
     def check_fields(cls, fields: dict[str, Any]) -> None:
@@ -68,7 +64,6 @@ class VGG(nn.Module):
             raise ValueError(f"model.dropout of VGG must be in [0, 1), got {fields['dropout']}")
 
     @nn.compact
-    @layers.uses_conv_impl
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         index = 0  # the position in torchvision's `features` Sequential

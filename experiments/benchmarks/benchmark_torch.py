@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cnnjax import models
+from cnnjax import config, models
 from cnnjax.models import pretrained
 from experiments.benchmarks.measure import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, timing
 
-# cnnjax ResNet fields that change how, not what, the network computes.
-PERFORMANCE_ONLY_FIELDS = {"space_to_depth_stem", "fused_max_pool", "materialize_on_cpu"}
+# What changes how, not what, the network computes (cnnjax.models.layers.Performance).
+PERFORMANCE_ONLY_FIELDS = set(config.PERFORMANCE_FIELDS)
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -128,7 +128,8 @@ def _torch_cifar_resnet(f: dict[str, Any], num_classes: int, channels: int, size
 def reference_model(name: str, model_kwargs: dict[str, Any], num_classes: int, channels: int,
                     image_size: int, expected_params: int | None = None):
     """The PyTorch twin of cnnjax model ``name``; checks its parameter count if given."""
-    fields = {**models.model_fields(name), **model_kwargs}
+    fields = {**models.model_fields(name),
+              **{k: v for k, v in model_kwargs.items() if k not in PERFORMANCE_ONLY_FIELDS}}
     cls = models.get_constructor(name)
     while hasattr(cls, "func"):
         cls = cls.func

@@ -49,10 +49,12 @@ def measure(name: str, *, batch_size: int = 32, image_size: int = 64, repeats: i
             min_ms: float = 3.0, seen: dict | None = None) -> tuple[float, float]:
     """Prints the lines of model ``name``; returns its totals in ms (lax, cnnjax)."""
     options = parallel.compiler_options(parallel.make_mesh(jax.local_devices()[:1]))
-    model = models.get_model(name, num_classes=1000, conv_impl="xla")
+    model = models.get_model(name, num_classes=1000)
     seen = {} if seen is None else seen
     totals = np.zeros(2)
-    for s in conv_shapes(model, (image_size, image_size, 3), batch_size):
+    with layers.performing(layers.Performance(conv_impl="xla")):  # every convolution seen
+        shapes = conv_shapes(model, (image_size, image_size, 3), batch_size)
+    for s in shapes:
         strides, pads = tuple(s["strides"]), tuple(tuple(p) for p in s["pads"])
         groups = s["x"][3] // s["w"][2]
         key = (tuple(s["x"]), tuple(s["w"]), strides, pads)
