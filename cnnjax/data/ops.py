@@ -265,16 +265,33 @@ def erase(image: jax.Array, top, left, height, width, value: int = 0) -> jax.Arr
     return jnp.where(box[..., None], jnp.asarray(value, image.dtype), image)
 
 
+def _aa_weights(start, length, size: int, full: int) -> jax.Array:
+    """``[size, full]``: torch's antialiased bilinear weights (``_upsample_bilinear2d_aa``,
+    PIL's scheme) taking the ``length`` pixels from ``start`` to ``size`` outputs; the box's
+    start and length may be traced."""
+    length = jnp.asarray(length, _F)
+    scale = length / size
+    support = jnp.where(scale >= 1.0, scale, 1.0)
+    inv_scale = jnp.where(scale >= 1.0, 1.0 / scale, 1.0)
+    center = scale * (jnp.arange(size, dtype=_F)[:, None] + 0.5)
+    j = (jnp.arange(full)[None, :] - jnp.asarray(start)).astype(_F)  # index inside the box
+    lo = jnp.maximum(jnp.floor(center - support + 0.5), 0.0)
+    hi = jnp.minimum(jnp.floor(center + support + 0.5), length)
+    w = jnp.maximum(0.0, 1.0 - jnp.abs((j - center + 0.5) * inv_scale))
+    w = jnp.where((j >= lo) & (j < hi), w, 0.0)
+    return w / jnp.sum(w, 1, keepdims=True)
+
+
 def resized_crop(image: jax.Array, top, left, height, width,
                  size: tuple[int, int]) -> jax.Array:
-    """``F.resized_crop`` (bilinear, antialiased): the box resized to ``size`` = (h, w), the
-    box's position and size dynamic (traced), the output shape static."""
-    scale = jnp.asarray([size[0] / height, size[1] / width], _F)
-    translation = -jnp.asarray([top, left], _F) * scale
-    out = jax.image.scale_and_translate(
-        image.astype(_F), (*size, image.shape[-1]), (0, 1), scale, translation,
-        method="linear", antialias=True)
-    return _u8(jnp.clip(jnp.round(out), 0.0, 255.0))
+    """``F.resized_crop`` (bilinear, antialiased): the box resized to ``size`` = (h, w) with
+    torch's separable filter (across, then down), the box dynamic, the output shape static.
+    torch rounds its uint8 passes in fixed point, this computes in float32: +-1."""
+    wy = _aa_weights(top, height, size[0], image.shape[0])
+    wx = _aa_weights(left, width, size[1], image.shape[1])
+    x = jnp.einsum("xw,hwc->hxc", wx, image.astype(_F), precision="highest")
+    x = jnp.einsum("yh,hxc->yxc", wy, x, precision="highest")
+    return _u8(jnp.clip(jnp.round(x), 0.0, 255.0))
 
 
 def pad_crop(image: jax.Array, top, left, padding: int) -> jax.Array:

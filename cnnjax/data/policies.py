@@ -21,13 +21,14 @@ from cnnjax.data import ops
 
 
 def _linspace(start: float, end: float, steps: int) -> np.ndarray:
-    """torch.linspace in float32 (its two-sided formula), as torchvision's bins are."""
-    step = np.float32((np.float32(end) - np.float32(start)) / np.float32(steps - 1))
+    """torch.linspace in float32, as torchvision's bins are: a float32 step, each point from
+    the nearer end with one rounding (torch's CPU kernel fuses the multiply-add)."""
+    s32, e32 = np.float32(start), np.float32(end)
+    step = np.float32((e32 - s32) / np.float32(steps - 1))
     i = np.arange(steps)
-    half = steps // 2
-    return np.where(i < half, np.float32(start) + step * i.astype(np.float32),
-                    np.float32(end) - step * (steps - 1 - i).astype(np.float32)).astype(
-                        np.float32)
+    low = (np.float64(s32) + np.float64(step) * i).astype(np.float32)
+    high = (np.float64(e32) - np.float64(step) * (steps - 1 - i)).astype(np.float32)
+    return np.where(i < steps // 2, low, high)
 
 
 def _posterize_bins(n: int, levels: int) -> np.ndarray:
