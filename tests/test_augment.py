@@ -136,7 +136,7 @@ def test_the_autoaugment_policies_are_torchvisions():
 # ``_apply_image_or_video_transform`` with the magnitude it would draw.
 # Sharpness: the smoothing's order of sums. Color: compiled with a traced factor, XLA's
 # fusion of the blend rounds a few values the other way (the kernel alone is exact).
-TOLERANCE = {"Sharpness": (1, 0.002), "Color": (1, 0.01)}
+TOLERANCE = {"Sharpness": (1, 0.002), "Color": (1, 0.05)}
 BINS = {"randaugment": (31, (0, 9, 30)), "trivialaugment": (31, (5, 20, 30)),
         "autoaugment": (10, (3, 9))}
 
