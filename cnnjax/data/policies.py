@@ -188,10 +188,21 @@ def table(space: Space, num_bins: int, height: int, width: int) -> np.ndarray:
     return out
 
 
+_GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
 def _apply(image, space: Space, params: np.ndarray, op, magnitude_bin, negate):
-    """Op ``op`` (index into ``space``) at ``magnitude_bin``, negated where ``negate``."""
+    """Op ``op`` (index into ``space``) at ``magnitude_bin``, negated where ``negate``.
+
+    The geometric ops differ only in their matrix, so they share one resampling with the
+    chosen op's matrix (the identity for the others): under ``vmap`` the switch then computes
+    one gather instead of five, with the same pixels.
+    """
     p = jnp.asarray(params)[op, magnitude_bin, negate.astype(jnp.int32)]
-    return jax.lax.switch(op, [_BRANCHES[name] for name in space], image, p)
+    geometric = jnp.asarray([name in _GEOMETRIC for name in space])[op]
+    moved = ops.affine(image, jnp.where(geometric, p, ops.IDENTITY_AFFINE))
+    branches = [(lambda im, q: im) if name in _GEOMETRIC else _BRANCHES[name] for name in space]
+    return jnp.where(geometric, moved, jax.lax.switch(op, branches, image, p))
 
 
 def randaugment(image, key, num_ops: int, magnitude: int, num_magnitude_bins: int):
