@@ -228,7 +228,8 @@ CASES = [
      "error: data.augment='erasing(p=0.5' is not a list of ops like"),
     ("augment_and_shorthand", ["--config.data.flip", "--config.data.augment=flip"],
      "error: flip is given twice, by data.flip and by data.augment"),
-    ("augment_crop_larger_than_images", ["--config.data.augment=crop(padding=9)"],
+    ("augment_crop_larger_than_images", ["--config.data.crop_padding=0",
+                                         "--config.data.augment=crop(padding=9)"],
      "error: data.augment's crop padding=9 is larger than the 8x8 images of digits"),
     ("warmup_beyond_the_step_counter", ["--config.optimizer.warmup_epochs=1e9"],
      "error: optimizer.warmup_epochs is 4.2e+10 steps of 42 per epoch, more than the step "
