@@ -50,6 +50,9 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "data.mixup_alpha": (0.0, "mixup's Beta(alpha, alpha) blend weights (0 = off; with cutmix "
                          "each example takes one, half the time)"),
     "data.cutmix_alpha": (0.0, "cutmix's Beta(alpha, alpha) kept-area share (0 = off)"),
+    "data.augment": ("", "device augmentation ops applied in order, e.g. 'crop(padding=4) flip "
+                     "randaugment(num_ops=2,magnitude=9) erasing(p=0.25)' (cnnjax.data.augment."
+                     "OPS; preferred to the four fields above, which are its shorthands)"),
     "data.image_size": (0, "training/eval height = width; 0 = the dataset's "
                         "(cnnjax/data/catalog.py)"),
     "data.loader": ("auto", "memory (decoded into host memory once), streaming (Grain worker "
@@ -482,6 +485,9 @@ def _check_writers(spec: str, config: dict[str, Any]) -> None:
 def _validate_data(data: dict[str, Any]) -> None:
     # A source's own checks (an npz path, say) come when it is opened: cnnjax.data.SOURCES.
     _require(bool(data["name"].strip()), "data.name must not be empty")
+    from cnnjax.data import augment  # cnnjax.data imports this module
+
+    augment.chain(data)  # the ops of data.augment and the shorthand fields, checked
     if data["loader"] == "dali":
         from cnnjax.data import dali
 

@@ -21,7 +21,8 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 from cnnjax import losses, optim, parallel
-from cnnjax.data.augment import augment, mix, soft_targets
+from cnnjax.data.augment import augment as augment_images
+from cnnjax.data.augment import mix, mix_alphas, parse, soft_targets
 
 P = PartitionSpec
 
@@ -134,11 +135,8 @@ def train_step_per_device(
     mean: Sequence[float],
     std: Sequence[float],
     train_loss: losses.Loss = losses.cross_entropy,
-    crop_padding: int = 0,
-    flip: bool = False,
+    augment: str = "",
     skip_nonfinite: bool = False,
-    mixup_alpha: float = 0.0,
-    cutmix_alpha: float = 0.0,
     frozen_batch_stats: bool = False,
     ema_decay: float = 0.0,
     sam_rho: float = 0.0,
@@ -160,16 +158,11 @@ def train_step_per_device(
     labels = batch["labels"]
     local = labels.shape[0]
     global_index = lax.axis_index(parallel.AXIS) * local + jnp.arange(local)
-    images = augment(
-        batch["images"], jax.random.fold_in(step_key, 1), global_index,
-        crop_padding=crop_padding, flip=flip,
-    )
+    chain, alphas = parse(augment), mix_alphas(augment)  # data.augment's ops, in order
+    images = augment_images(batch["images"], jax.random.fold_in(step_key, 1), global_index, chain)
     images = normalize(images, mean, std)
-    images, lam, partner = mix(
-        images, jax.random.fold_in(step_key, 3), global_index,
-        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-    )
-    mixing = mixup_alpha > 0 or cutmix_alpha > 0
+    images, lam, partner = mix(images, jax.random.fold_in(step_key, 3), global_index, **alphas)
+    mixing = any(alphas.values())
     # Dropout masks differ between devices, as they would between examples on one device.
     dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 2), lax.axis_index(parallel.AXIS))
 

@@ -41,6 +41,7 @@ from cnnjax import metrics as metrics_lib
 from cnnjax import runrecord as runrecord_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.checkpoint import BestCheckpoint, Checkpointer, complete_steps
+from cnnjax.data import augment as augment_lib
 from cnnjax.losses import from_config as make_loss
 from cnnjax.models import layers
 from cnnjax.preemption import PreemptionGuard
@@ -109,10 +110,13 @@ def check_against_data(config: ml_collections.ConfigDict, data: data_lib.Data,
     if info.num_classes < 2:
         raise config_lib.ConfigError(
             f"{info.name} has a single class (label 0): a classifier needs two or more")
-    if config.data.crop_padding > min(h, w):
+    padding = dict(dict(augment_lib.chain(config.data)).get("crop", ())).get("padding", 0)
+    if padding > min(h, w):
+        field = ("data.crop_padding" if config.data.crop_padding else "data.augment's crop "
+                 "padding")
         raise config_lib.ConfigError(
-            f"data.crop_padding={config.data.crop_padding} is larger than the {h}x{w} images "
-            f"of {info.name}; pass at most --config.data.crop_padding={min(h, w)}")
+            f"{field}={padding} is larger than the {h}x{w} images of {info.name}; pass at "
+            f"most {min(h, w)}")
     # The step counter, the schedules and the data position are int32 on device.
     for what, count in (("the run", total_steps),
                         ("optimizer.warmup_epochs", config.optimizer.warmup_epochs * spe),

@@ -239,6 +239,22 @@ CASES = [
     ("empty_folder", ["--config.data.name=folder:{F}/empty_folder"], "error: "),
     ("crop_larger_than_images", ["--config.data.crop_padding=9"],
      "error: data.crop_padding=9 is larger than the 8x8 images of digits"),
+    ("augment_unknown_op", ["--config.data.augment=crop(padding=1) randaugmnt"],
+     "error: unknown augmentation op 'randaugmnt' in data.augment; choose from: autoaugment, "
+     "crop, cutmix, erasing, flip, jitter, mixup, randaugment, resized_crop, trivialaugment"),
+    ("augment_unknown_argument", ["--config.data.augment=randaugment(mag=9)"],
+     "error: data.augment: randaugment has no argument 'mag'; its arguments: num_ops, "
+     "magnitude, num_magnitude_bins"),
+    ("augment_magnitude_out_of_range", ["--config.data.augment=randaugment(magnitude=31)"],
+     "error: data.augment: randaugment's magnitude must be in [0, num_magnitude_bins - 1], "
+     "got 31"),
+    ("augment_not_a_list_of_ops", ["--config.data.augment=erasing(p=0.5"],
+     "error: data.augment='erasing(p=0.5' is not a list of ops like"),
+    ("augment_and_shorthand", ["--config.data.flip", "--config.data.augment=flip"],
+     "error: flip is given twice, by data.flip and by data.augment"),
+    ("augment_crop_larger_than_images", ["--config.data.crop_padding=0",
+                                         "--config.data.augment=crop(padding=9)"],
+     "error: data.augment's crop padding=9 is larger than the 8x8 images of digits"),
     ("warmup_beyond_the_step_counter", ["--config.optimizer.warmup_epochs=1e9"],
      "error: optimizer.warmup_epochs is 4.2e+10 steps of 42 per epoch, more than the step "
      "counter holds"),

@@ -23,7 +23,7 @@ def _setup(mesh, data_dir, batch_norm=True):
     state = steps.init_state(model, tx, 0, info.image_shape, mesh)
     step = steps.make_train_step(
         mesh, model=model, tx=tx, schedule=schedule, mean=info.mean, std=info.std,
-        crop_padding=1,
+        augment="crop(padding=1)",
     )
     loader = data.InMemoryLoader(split.images, split.labels, 32, seed=0)
     return state, step, loader

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cnnjax.data import augment as augment_lib
 from cnnjax.data import local
 from cnnjax.data.loader import InMemoryLoader, eval_batches
 from cnnjax.data.sources import (
@@ -153,7 +154,8 @@ class Data:
         test split, every example exactly once, padding masked (``mask`` = 0).
       num_train, num_eval: split sizes.
       augment: the augmentation left to the train step on device (``steps.make_train_step``
-        keyword arguments: ``crop_padding``, ``flip``, ``mixup_alpha``, ``cutmix_alpha``).
+        keyword arguments: ``augment``, the ``data.augment`` string of every op the loader
+        did not do).
       loader: which loader was chosen, ``"memory"`` or ``"streaming"``.
     """
 
@@ -182,7 +184,7 @@ def framing_for(source: Source, cfg) -> Framing:
     return Framing(
         height=int(height), width=int(width), channels=source.channels,
         crop_fraction=spec.crop_fraction, random_resized_crop=spec.random_resized_crop,
-        flip=cfg.flip,
+        flip=cfg.flip or "flip" in dict(augment_lib.chain(cfg)),
     )
 
 
@@ -236,8 +238,7 @@ def build(cfg, seed: int, process_index: int = 0, process_count: int = 1) -> Dat
     source = open_source(cfg)
     framing = framing_for(source, cfg)
     kind = choose_loader(cfg, source, framing)
-    augment = {"crop_padding": cfg.crop_padding, "flip": cfg.flip,
-               "mixup_alpha": cfg.mixup_alpha, "cutmix_alpha": cfg.cutmix_alpha}
+    ops = augment_lib.chain(cfg)
     if kind == "memory":
         train = load_arrays(source.train, framing, cfg.skip_corrupt)
         test = load_arrays(source.eval, framing, cfg.skip_corrupt)
@@ -268,9 +269,10 @@ def build(cfg, seed: int, process_index: int = 0, process_count: int = 1) -> Dat
         )
         sample = lambda: _sample(source, framing, cfg.skip_corrupt)  # noqa: E731
         num_train, num_eval = len(source.train), len(source.eval)
-        augment["flip"] = False  # flipped on the host, with the crop
+        ops = augment_lib.without(ops, "flip")  # flipped on the host, with the crop
     return Data(info=_info(source, framing, sample), train=loader, eval_batches=evals,
-                num_train=num_train, num_eval=num_eval, augment=augment, loader=kind)
+                num_train=num_train, num_eval=num_eval,
+                augment={"augment": augment_lib.format_chain(ops)}, loader=kind)
 
 
 @dataclasses.dataclass(frozen=True)
