@@ -409,7 +409,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, lock: WorkdirLock | N
         sam_rho=config.optimizer.sam_rho,
         train_loss=make_loss(t), skip_nonfinite=t.nan_policy == "skip",
         frozen_batch_stats=config.optimizer.freeze_backbone, ema_decay=t.ema_decay,
-        **data.augment, **stats,  # crop, flip, mixup, cutmix: what the loader left to the device
+        **data.augment, **stats,  # data.augment: the ops the loader left to the device
     )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     _log(f"training {config.model.name} ({num_params:,} params) on {info.name} "
