@@ -31,7 +31,7 @@ def get_config():
     config.data.batch_size = BATCH
     config.data.eval_batch_size = 1000
     config.data.augment = ("crop(padding=4) flip autoaugment(policy=cifar10) "
-                           "erasing(p=1.0,scale=0.25,ratio=1.0,value=0)")
+                           "erasing(p=1.0,scale=(0.25,0.25),ratio=(1.0,1.0),value=0)")
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
