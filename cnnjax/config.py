@@ -52,7 +52,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "data.cutmix_alpha": (0.0, "cutmix's Beta(alpha, alpha) kept-area share (0 = off)"),
     "data.augment": ("", "device augmentation ops applied in order, e.g. 'crop(padding=4) flip "
                      "randaugment(num_ops=2,magnitude=9) erasing(p=0.25)' (cnnjax.data.augment."
-                     "OPS; preferred to the four fields above, which are its shorthands)"),
+                     "OPS; preferred to its shorthands crop_padding, flip, mixup_alpha, "
+                     "cutmix_alpha)"),
     "data.image_size": (0, "training/eval height = width; 0 = the dataset's "
                         "(cnnjax/data/catalog.py)"),
     "data.loader": ("auto", "memory (decoded into host memory once), streaming (Grain worker "

@@ -87,8 +87,8 @@ def saturation(image: jax.Array, factor, complement=None) -> jax.Array:
 def contrast(image: jax.Array, factor, complement=None) -> jax.Array:
     """``F.adjust_contrast``: a blend with the mean of the floored grey image."""
     grey = jnp.floor(grayscale(image)) if image.shape[-1] == 3 else image.astype(_F)
-    # XLA:CPU fuses the grey image into the mean's reduction and runs it about 100x slower
-    # than the two apart: the barrier keeps them apart.
+    # XLA:CPU runs the grey image fused into the mean's reduction far slower than the two
+    # apart (docs/performance.md#augmentation-policies-on-cpu): the barrier keeps them apart.
     return _blend(image, jnp.mean(jax.lax.optimization_barrier(grey)), factor, complement)
 
 
