@@ -156,13 +156,7 @@ def train_step_per_device(
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     labels = batch["labels"]
-    local = labels.shape[0]
-    global_index = lax.axis_index(parallel.AXIS) * local + jnp.arange(local)
-    chain, alphas = parse(augment), mix_alphas(augment)  # data.augment's ops, in order
-    images = augment_images(batch["images"], jax.random.fold_in(step_key, 1), global_index, chain)
-    images = normalize(images, mean, std)
-    images, lam, partner = mix(images, jax.random.fold_in(step_key, 3), global_index, **alphas)
-    mixing = any(alphas.values())
+    images, targets = inputs(batch, step_key, augment, mean, std)
     # Dropout masks differ between devices, as they would between examples on one device.
     dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 2), lax.axis_index(parallel.AXIS))
 
@@ -171,43 +165,74 @@ def train_step_per_device(
             variables(params, state.batch_stats), images, train=not frozen_batch_stats,
             mutable=["batch_stats"], rngs={"dropout": dropout_key},
         )
-        targets = soft_targets(labels, lam, partner, logits.shape[-1]) if mixing else labels
-        loss = train_loss(logits, targets).mean()
+        loss = train_loss(logits, targets(logits.shape[-1])).mean()
         return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # Every device holds the same share of the global batch, so the mean of the per-device
     # means is the global mean: gradients equal a one-device step on the whole batch.
     grads = lax.pmean(grads, parallel.AXIS)
-    if sam_rho:  # SAM: the gradient at params + rho * g / ||g|| (loss, logits and stats: at params)
-        norm = optax.tree.norm(grads)
-        ascent = jax.tree.map(lambda p, g: p + sam_rho * g / norm, state.params, grads)
-        grads = lax.pmean(jax.grad(lambda p: loss_fn(p)[0])(ascent), parallel.AXIS)
+    if sam_rho:
+        grads = sam_gradient(lambda p: loss_fn(p)[0], state.params, grads, sam_rho)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    # After the pmean every device sees the same gradients, so all agree on `finite`.
-    finite = jnp.isfinite(loss) & jnp.all(
-        jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    )
-    finite = lax.pmin(finite.astype(jnp.int32), parallel.AXIS).astype(bool)
     ema = moving_average(state.ema, ema_decay, variables(params, batch_stats)) if ema_decay \
         else state.ema
+    finite = all_finite(loss, grads)
     if skip_nonfinite:  # the values from before the step, where it was not finite
-        new, old = (params, opt_state, batch_stats, ema), (state.params, state.opt_state,
-                                                           state.batch_stats, state.ema)
-        params, opt_state, batch_stats, ema = jax.tree.map(
-            lambda a, b: jnp.where(finite, a, b), new, old)
+        params, opt_state, batch_stats, ema = keep_if(
+            finite, (params, opt_state, batch_stats, ema),
+            (state.params, state.opt_state, state.batch_stats, state.ema))
     metrics = {
         "loss": lax.pmean(loss, parallel.AXIS),
         "accuracy": lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), parallel.AXIS),
         "learning_rate": schedule(state.step),
         "nonfinite": 1 - finite.astype(jnp.int32),
     }
-    new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-        ema=ema,
-    )
-    return new_state, metrics
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state, ema=ema), metrics
+
+
+def inputs(batch: dict[str, jax.Array], step_key: jax.Array, augment: str,
+           mean: Sequence[float], std: Sequence[float]) -> tuple[jax.Array, Callable]:
+    """The step's augmentation, composed: ``data.augment``'s image ops in order (uint8), the
+    normalisation, then its batch ops (mixup, cutmix). Returns the float32 images and
+    ``targets(num_classes)``: the labels, or the mixed soft targets ``[b, num_classes]``.
+    Deterministic per (step key, the example's index in the global batch)."""
+    labels = batch["labels"]
+    local = labels.shape[0]
+    global_index = lax.axis_index(parallel.AXIS) * local + jnp.arange(local)
+    chain, alphas = parse(augment), mix_alphas(augment)  # data.augment's ops, in order
+    images = augment_images(batch["images"], jax.random.fold_in(step_key, 1), global_index, chain)
+    images = normalize(images, mean, std)
+    if not any(alphas.values()):
+        return images, lambda num_classes: labels
+    images, lam, partner = mix(images, jax.random.fold_in(step_key, 3), global_index, **alphas)
+    return images, lambda num_classes: soft_targets(labels, lam, partner, num_classes)
+
+
+def sam_gradient(loss: Callable, params: Any, grads: Any, rho: float) -> Any:
+    """SAM's gradient: ``loss``'s at ``params + rho * g / ||g||`` (``grads`` = g, already
+    averaged over devices), averaged over devices. A second forward and backward pass; the
+    loss, logits and BatchNorm statistics of the step stay those at ``params``."""
+    norm = optax.tree.norm(grads)
+    ascent = jax.tree.map(lambda p, g: p + rho * g / norm, params, grads)
+    return lax.pmean(jax.grad(loss)(ascent), parallel.AXIS)
+
+
+def all_finite(loss: jax.Array, grads: Any) -> jax.Array:
+    """True where the loss and every gradient are finite on every device (after the pmean all
+    devices see the same gradients, so all agree)."""
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    return lax.pmin(finite.astype(jnp.int32), parallel.AXIS).astype(bool)
+
+
+def keep_if(condition: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``condition`` holds, else ``old``, leaf by leaf (as
+    ``optax.apply_if_finite`` keeps the old state; here for the params, the optimizer state,
+    the BatchNorm statistics and the average together)."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
 
 
 def moving_average(average: Any, decay: float, new: Any) -> Any:
