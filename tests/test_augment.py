@@ -163,6 +163,7 @@ SPEC = ("crop(padding=4) flip randaugment(num_ops=2,magnitude=9) trivialaugment 
         "autoaugment(policy=cifar10) erasing(p=0.5) jitter(hue=0.1) resized_crop")
 
 
+@pytest.mark.heavy  # .ci/run runs it; the bare suite covers the same more cheaply
 def test_the_augmented_batch_is_the_same_on_one_device_or_eight(photos):
     images = np.stack([np.roll(photos[i % 2], 3 * i, axis=1)[:32, :32] for i in range(16)])
     assert jax.device_count() == 8, "conftest sets 8 virtual CPU devices"

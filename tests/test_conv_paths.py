@@ -83,6 +83,7 @@ def _conv_count(fn, *args) -> int:
                for eqn in conv_paths._equations(jaxpr.jaxpr))
 
 
+@pytest.mark.heavy  # .ci/run runs it; the bare suite covers the same more cheaply
 def test_substituted_changes_the_models_program_not_its_function():
     model = models.get_model("cifar_resnet20", num_classes=10)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3), np.float32))

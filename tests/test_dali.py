@@ -54,6 +54,7 @@ def test_each_process_reads_its_slice_and_a_resume_reads_the_identical_next_batc
         resumed.restore(3, {"loader": "streaming", "epoch": 1, "index_in_epoch": 0})
 
 
+@pytest.mark.heavy  # .ci/run runs it; the bare suite covers the same more cheaply
 def test_a_run_on_dali_stopped_and_resumed_ends_as_an_uninterrupted_one(jpegs, tmp_path):
     import jax
 

@@ -47,6 +47,7 @@ def test_the_stablehlo_file_gives_the_models_logits_for_any_batch(tiny_run, caps
     np.testing.assert_allclose(probs, run.predict(images), atol=1e-6)
 
 
+@pytest.mark.heavy  # .ci/run runs it; the bare suite covers the same more cheaply
 def test_folded_batchnorms_give_the_unfolded_logits():
     model = get_model("resnet18", num_classes=10)
     variables = _with_random_statistics(model, 32)

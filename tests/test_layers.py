@@ -100,6 +100,7 @@ def test_space_to_depth_stem_equals_the_strided_7x7_convolution(size):
     np.testing.assert_allclose(grad(stem), grad(conv), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.heavy  # .ci/run runs it; the bare suite covers the same more cheaply
 def test_resnet_fast_layers_change_nothing_but_speed():
     x = jax.random.normal(jax.random.key(4), (2, 64, 64, 3))
     model = models.get_model("resnet18", num_classes=7)
@@ -148,6 +149,7 @@ def _resnet_grad(name, materialize, x):
     return fn, variables["params"]
 
 
+@pytest.mark.heavy  # .ci/run runs it; the bare suite covers the same more cheaply
 @pytest.mark.parametrize("name, size", [("cifar_resnet20", 16), ("resnet18", 32)])
 def test_resnets_materialize_conv_inputs_on_cpu_only_and_compute_the_same(name, size):
     x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
@@ -260,6 +262,7 @@ def test_conv_general_dilated_leaves_what_it_does_not_cover_to_lax(dtype, paddin
         np.asarray(jax.lax.conv_general_dilated(x, w, **args), np.float32), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.heavy  # .ci/run runs it; the bare suite covers the same more cheaply
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "regnet_x_400mf", "resnet18"])
 def test_models_train_the_same_with_and_without_the_conv_formulations(name):
     # 64x64: the last stages' maps are 2x2 (the tiny-output formulation), and BatchNorm's

@@ -65,7 +65,7 @@ def test_a_new_model_name_brings_that_models_fields_and_takes_their_overrides():
     ({"data.flip": "maybe"}, "value 'maybe' for --config.data.flip must be true or false"),
     ({"model.features": "8"}, "value '8' for --config.model.features must be a tuple"),
     ({"train": "1"}, "train is a section of the config, not a field; override its fields, "
-                     "e.g. --config.train.best_metric=..."),
+                     "e.g. --config.train.bce_target_thresh=..."),
 ])
 def test_a_bad_flag_is_one_line_naming_it(given, message):
     with pytest.raises(ConfigError) as e:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import evaluate, runrecord, sweep, training
+from cnnjax import run as run_lib
+from cnnjax import runrecord, sweep, training
 from cnnjax.api import get_config
 from cnnjax.data import fingerprint
 from cnnjax.data.builders.digits import load_split
@@ -181,17 +182,17 @@ def test_eval_and_export_warn_with_both_fingerprints_on_other_data(tmp_path, dat
     training.run(config, str(workdir))
     recorded = fingerprint.describe(runrecord.read(str(workdir))["data"])
     capsys.readouterr()
-    evaluate.run_eval(str(workdir))
+    run_lib.run_eval(str(workdir))
     assert capsys.readouterr().err == ""  # the same data: nothing to say
     digits_npz(npz, flip=True)
     now = fingerprint.describe(fingerprint.of(config.data))
     warning = (f"warning: the data npz:{npz} is not the data the run in {workdir} recorded "
                f"(recorded: {recorded}; now: {now}): these numbers are on other data\n")
-    evaluate.run_eval(str(workdir))
+    run_lib.run_eval(str(workdir))
     assert capsys.readouterr().err == warning
     from cnnjax import export
 
-    export.export(evaluate.load_run(str(workdir)), "stablehlo", out_dir=str(tmp_path / "out"))
+    export.export(run_lib.load(str(workdir)), "stablehlo", out_dir=str(tmp_path / "out"))
     assert capsys.readouterr().err == warning
 
 

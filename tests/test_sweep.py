@@ -50,7 +50,7 @@ def test_switching_models_brings_the_models_fields(data_dir):
     ("seed=0.5", "sweep value '0.5' for seed must be an integer"),
     ("data.flip=maybe", "sweep value 'maybe' for data.flip must be true or false"),
     ("model.features=8", "sweep value '8' for model.features must be a tuple such as (8,16)"),
-    ("optimizer.name=sgd,lion", "sweep point optimizer.name=lion: unknown optimizer 'lion'"),
+    ("optimizer.name=sgd,lbfgs", "sweep point optimizer.name=lbfgs: unknown optimizer 'lbfgs'"),
     ("data.batch_size=32,30", "sweep point data.batch_size=30: data.batch_size=30 is not "
                               "divisible by the 8 devices"),
     ("seed", "sweep axis 'seed' must look like key=value1,value2,..."),

@@ -380,7 +380,8 @@ def test_imagenet_class_names_are_torchvisions():
 def test_predict_and_explain_name_imagenets_classes(tmp_path, data_dir, capsys):
     """A 1000-class run on data named ImageNet prints the class names; the class is the
     argmax of the probabilities, as without names."""
-    from cnnjax import evaluate, explain, training
+    from cnnjax import run as run_lib
+    from cnnjax import training
     from tests.helpers import tiny_config
 
     rng = np.random.default_rng(0)
@@ -397,14 +398,14 @@ def test_predict_and_explain_name_imagenets_classes(tmp_path, data_dir, capsys):
     training.run(config, workdir)
     np.savez(tmp_path / "x.npz", images=images[:2])
     capsys.readouterr()
-    rows = evaluate.run_predict(workdir, str(tmp_path / "x.npz"))
+    rows = run_lib.run_predict(workdir, str(tmp_path / "x.npz"))
     out = capsys.readouterr().out
     names = weights.imagenet_classes()
     for row in rows:
         k = int(np.argmax([row[f"p_{i}"] for i in range(1000)]))
         assert row["predicted"] == k and row["class_name"] == names[k]
         assert f"{row['input']}: class {k} ({names[k]}) (p=" in out
-    result = explain.run_explain(workdir, str(tmp_path / "x.npz"))
+    result = run_lib.run_explain(workdir, str(tmp_path / "x.npz"))
     out = capsys.readouterr().out
     k = int(result.predicted[0])
     assert f"{tmp_path / 'x.npz'}[0]: class {k} ({names[k]}) (p=" in out
