@@ -364,7 +364,8 @@ def test_schedule_free_accumulated_run_resumes_exactly_and_evaluates_its_average
     import os
     import types
 
-    from cnnjax import checkpoint, evaluate, parallel, training
+    from cnnjax import checkpoint, parallel, training
+    from cnnjax import run as run_lib
     from cnnjax import data as data_lib
     from cnnjax.metrics import read_jsonl
     from tests.helpers import tiny_config
@@ -392,7 +393,7 @@ def test_schedule_free_accumulated_run_resumes_exactly_and_evaluates_its_average
     inner = state["opt_state"]["inner_opt_state"][-1]
     expected = optax.contrib.schedule_free_eval_params(
         types.SimpleNamespace(b1=inner["b1"], z=inner["z"]), state["params"])
-    run = evaluate.load_run(straight)
+    run = run_lib.load(straight)
     for x, y in zip(jax.tree.leaves(run.variables["params"]), jax.tree.leaves(expected),
                     strict=True):
         np.testing.assert_array_equal(x, y)
