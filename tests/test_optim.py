@@ -364,9 +364,8 @@ def test_schedule_free_accumulated_run_resumes_exactly_and_evaluates_its_average
     import os
     import types
 
-    from cnnjax import checkpoint, parallel, training
+    from cnnjax import checkpoint, training
     from cnnjax import run as run_lib
-    from cnnjax import data as data_lib
     from cnnjax.metrics import read_jsonl
     from tests.helpers import tiny_config
 
@@ -399,8 +398,7 @@ def test_schedule_free_accumulated_run_resumes_exactly_and_evaluates_its_average
         np.testing.assert_array_equal(x, y)
     assert not np.allclose(run.variables["params"]["head"]["kernel"],
                            state["params"]["head"]["kernel"])
-    data = data_lib.build(config.data, 0, 0, 1)
-    got = evaluate.eval_metrics(run.config, run.variables, data, parallel.make_mesh())
+    got = run_lib.evaluate_run(run)
     assert got["eval_accuracy"] == summary["eval_accuracy"]
 
 
