@@ -9,8 +9,6 @@ import tempfile
 import traceback
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-import cnnjax  # noqa: E402,F401 -- before JAX starts: its patience with late CPU collectives
-
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # The suite owns its state: HOME and every cache and data directory that a library or
