@@ -34,6 +34,23 @@ def sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
+def pace(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` once computed, where ``mesh`` is several CPU devices of this process; else
+    ``tree`` at once (asynchronous dispatch).
+
+    XLA:CPU (jaxlib 0.10.2) can deadlock when a multi-device program with a collective is
+    dispatched while earlier ones are still queued: one device's execution waits for its
+    in-flight slot while the other devices wait for it in the all-reduce, and after a minute
+    XLA aborts the process (docs/reliability.md, "A native abort in a collective"). Waiting
+    for each step keeps one program in flight; on CPU the host and the devices share the same
+    cores, so little overlap is lost.
+    """
+    devices = mesh.devices.flat
+    if len(mesh.devices.flat) > 1 and devices[0].platform == "cpu":
+        jax.block_until_ready(tree)
+    return tree
+
+
 def per_device(fn: Callable, mesh: Mesh, in_specs: Any, out_specs: Any) -> Callable:
     """Runs ``fn`` once per device: ``PartitionSpec(AXIS)`` arguments arrive as local shards."""
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)

@@ -291,4 +291,5 @@ def eval_sums(eval_step: Callable, variables: Any, batches, mesh: Mesh) -> dict[
     for local in batches:
         sums = eval_step(variables, parallel.global_batch(local, mesh))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+        parallel.pace(totals, mesh)
     return totals

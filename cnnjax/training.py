@@ -444,6 +444,7 @@ def train_loop(job: Job, end: int,
         cleanup.callback(job.close)  # also on an error or a preemption: every save commits
         for step in range(job.start_step, end):
             job.state, metrics = job.train_step(job.state, job.batch(step))
+            parallel.pace(metrics, job.mesh)
             if step == job.start_step:  # compiled and running: a signal now saves this step
                 signals.set_stage(signals.TRAINING, "")
             done = step + 1
