@@ -17,7 +17,7 @@ import pytest
 import cnnjax
 from cnnjax import export
 from cnnjax.data import DatasetInfo
-from cnnjax.models import get_model
+from cnnjax.models import get_model, layers
 from tests.helpers import assert_refused, command, snapshot
 from tests.runs import tiny_run  # noqa: F401
 
@@ -215,8 +215,9 @@ def test_an_onnx_file_over_the_tolerance_is_not_written(tiny_run, capsys,  # noq
                                                         monkeypatch):
     workdir = tiny_run[0]
     before = snapshot(workdir)
-    real = export.run_onnx
-    monkeypatch.setattr(export, "run_onnx", lambda blob, x: real(blob, x) * 1.001)
+    onnx_format = export.FORMATS["onnx"]
+    monkeypatch.setitem(export.FORMATS, "onnx", dataclasses.replace(
+        onnx_format, run=lambda blob, x: onnx_format.run(blob, x) * 1.001))
     result = command(capsys, "export", f"--workdir={workdir}", "--format=onnx")
     assert result.returncode == 2
     assert result.stderr.startswith("error: the onnx export of cnn differs from the JAX "
@@ -230,7 +231,8 @@ def test_an_onnx_export_jax2onnx_cannot_write_is_one_line_and_writes_nothing(
         tiny_run, capsys, monkeypatch):  # noqa: F811
     # With its CPU switches left on, the CNN's fused max-pool (strided slices) needs a
     # constant batch in jax2onnx 0.17.1: the converter's refusal is one line.
-    monkeypatch.setattr(export, "PORTABLE", {})
+    monkeypatch.setitem(export.FORMATS, "onnx", dataclasses.replace(
+        export.FORMATS["onnx"], switches=layers.Performance()))
     workdir = tiny_run[0]
     before = snapshot(workdir)
     result = command(capsys, "export", f"--workdir={workdir}", "--format=onnx")
