@@ -35,7 +35,7 @@ import jax
 from cnnjax import files
 from cnnjax.checkpoint import complete_steps
 from cnnjax.data import fingerprint as fingerprint_lib
-from cnnjax.errors import ConfigError, warn
+from cnnjax.errors import ConfigError, first_line, warn
 
 RUN_FILE = "run.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "cnnjax")
@@ -103,7 +103,7 @@ def read(workdir: str) -> dict[str, Any] | None:
         if not isinstance(record, dict) or not isinstance(record.get("history"), list):
             raise ValueError("not a cnnjax run record")
     except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        reason = getattr(e, "strerror", None) or first_line(e)
         raise ConfigError(
             f"{file} is unreadable ({reason}); restore it, or delete it to resume without "
             "checking the data") from None

@@ -46,7 +46,7 @@ import ml_collections
 from cnnjax import config as config_lib
 from cnnjax import files, training
 from cnnjax import overrides as overrides_lib
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, first_line
 from cnnjax.workdir import read_summary
 
 INSTALL = "hyperparameter search needs Optuna: pip install cnnjax[search]"
@@ -248,7 +248,7 @@ def plan(config: ml_collections.ConfigDict, axes: dict[str, Any] | None, workdir
         try:
             opened = optuna.storages.get_storage(storage)
         except Exception as e:  # noqa: BLE001 -- any driver's failure, said in one line
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            reason = first_line(e) if str(e).strip() else ""
             raise ConfigError(f"--sweep_storage={storage} cannot be opened "
                               f"({type(e).__name__}: {reason}); pass a URL Optuna can open, "
                               "e.g. sqlite:///W/study.db or postgresql://...") from None
