@@ -38,12 +38,13 @@ def pace(tree: Any, mesh: Mesh) -> Any:
     """``tree`` once computed, where ``mesh`` is several CPU devices of this process; else
     ``tree`` at once (asynchronous dispatch).
 
-    XLA:CPU (jaxlib 0.10.2) can deadlock when a multi-device program with a collective is
-    dispatched while earlier ones are still queued: one device's execution waits for its
-    in-flight slot while the other devices wait for it in the all-reduce, and after a minute
-    XLA aborts the process (docs/reliability.md, "A native abort in a collective"). Waiting
-    for each step keeps one program in flight; on CPU the host and the devices share the same
-    cores, so little overlap is lost.
+    XLA:CPU (jaxlib 0.10.2) deadlocks when more than 32 multi-device programs are in flight
+    on a machine with few cores (it launches them on max(cores, devices) threads): the
+    launch of program k+33 waits on one of those threads for the slot program k+1 frees, and
+    program k+1's all-reduce waits for that thread; a minute later XLA aborts the process
+    (docs/reliability.md, "A native abort in a collective"). Waiting for each step keeps a
+    few programs in flight; on CPU the host and the devices share the same cores, so little
+    overlap is lost.
     """
     devices = mesh.devices.flat
     if len(mesh.devices.flat) > 1 and devices[0].platform == "cpu":
