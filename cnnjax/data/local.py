@@ -96,11 +96,14 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` file at ``path``; ``ConfigError`` for anything else (a file
     of another kind, a damaged archive, object arrays, which would need pickle)."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("a single array, not an .npz archive")
-        with loaded as f:
-            return {k: f[k] for k in f.files}
+        # Opened here, so that it is closed whatever np.load raises (it keeps a damaged zip's
+        # file open).
+        with open(path, "rb") as file:
+            loaded = np.load(file, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with loaded as f:
+                return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         reason = first_line(e).split(". ")[0]
         raise ConfigError(
