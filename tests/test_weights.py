@@ -27,6 +27,7 @@ from cnnjax.errors import ConfigError
 from cnnjax.models import get_model
 from cnnjax.models.pretrained import convert_torchvision
 from tests.helpers import assert_refused, command
+from tests.test_pretrained import random_torchvision
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "loopback/resnet18.tv_in1k"
@@ -104,15 +105,7 @@ class LoopbackHub:
 def resnet18_file(tmp_path_factory):
     """A random torchvision ResNet-18 (BatchNorm statistics randomised, so that a wrong
     mapping shows in the logits) as the Hub's model.safetensors: (path, bytes, module)."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.2, 0.6)
-                m.bias.normal_(0.0, 0.1)
+    model = random_torchvision("resnet18")
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     path = tmp_path_factory.mktemp("hub") / "model.safetensors"
     safetensors.torch.save_file(state, str(path))
