@@ -11,6 +11,7 @@ the old one in place.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -18,6 +19,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from cnnjax import errors
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 of the file at ``path``, hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_atomic(path: str, text: str | bytes) -> None:

@@ -18,6 +18,7 @@ The command line's modes are the functions below the class (``run_eval``, ``run_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -64,6 +65,12 @@ class Run:
     model: nn.Module
     ema: bool = False
 
+    @functools.cached_property
+    def _predict(self) -> Any:
+        """The jitted ``(variables, images) -> probabilities``: one per run, so that each
+        image shape compiles once."""
+        return evaluate.make_predict(self.model, self.info.mean, self.info.std)
+
     def eval_data(self, process_index: int = 0, process_count: int = 1) -> data_lib.EvalData:
         """This process's share of the test split, read on each call (the training split is
         never read)."""
@@ -102,8 +109,7 @@ class Run:
                tolerance: float | None = None) -> export.Exported:
         """Writes the model as ``W/export/step<N>[_ema].<format>`` (a key of
         ``export.FORMATS``) after checking its logits against this model's on test images."""
-        export.check_request(format, export.TOLERANCE if tolerance is None else tolerance)
-        with layers.performing(self.config.performance):
+        with layers.performing(self.config.performance):  # export.export checks the request
             return export.export(self, format,
                                  tolerance=export.TOLERANCE if tolerance is None else tolerance)
 
@@ -172,15 +178,15 @@ def predict(run: Run, images: Any) -> np.ndarray:
         images = evaluate.load_inputs(",".join(images), info.image_shape)[1]
     images = evaluate.check_images(images, info)
     with layers.performing(run.config.performance):
-        fn = evaluate.make_predict(run.model, info.mean, info.std)
-        return np.asarray(fn(run.variables, images))
+        return np.asarray(run._predict(run.variables, images))
 
 
-def evaluation(run: Run) -> evaluate.Evaluation:
-    """One pass over the test split by the training loop's evaluation (its ``eval_step``,
-    batch size and summation order): the numbers equal the loop's. Every process calls it."""
+def evaluation(run: Run, data: data_lib.EvalData | None = None) -> evaluate.Evaluation:
+    """One pass over the test split (``data``: this process's share, read here if not given)
+    by the training loop's evaluation (its ``eval_step``, batch size and summation order): the
+    numbers equal the loop's. Every process calls it."""
     mesh = parallel.make_mesh()
-    data = run.eval_data(jax.process_index(), jax.process_count())
+    data = data or run.eval_data(jax.process_index(), jax.process_count())
     # The run's own model: in evaluation BatchNorm reads its running statistics, so the
     # loop's device axis (axis_name) changes nothing.
     with layers.performing(run.config.performance):
@@ -203,10 +209,11 @@ def visualize(run: Run, plots_dir: str | None = None) -> list[str]:
     evaluation."""
     plots_dir = plots_dir or os.path.join(run.workdir, "plots")
     records = metrics.read_jsonl(metrics.metrics_path(run.workdir))
-    confusion = evaluation(run).confusion
+    data = run.eval_data(jax.process_index(), jax.process_count())  # read once, for both
+    confusion = evaluation(run, data).confusion
     with layers.performing(run.config.performance):
         return plot_data.write_plots(
-            plots_dir, run.config, run.variables, run.eval_data(), run.step,
+            plots_dir, run.config, run.variables, data, run.step,
             [r for r in records if r["step"] <= run.step], confusion,
             os.path.join(run.workdir, "plots"))
 
@@ -252,12 +259,7 @@ def run_visualize(workdir: str, which: str = "latest", ema: bool = False) -> lis
     """``--mode=visualize``: every picture for checkpoint ``which`` of ``workdir`` (of its
     average of the weights with ``ema``, into ``plots/<which>_ema``)."""
     run = load(workdir, which, ema)
-    plots_dir = os.path.join(run.workdir, "plots")
-    if ema:
-        plots_dir = os.path.join(plots_dir, f"{which}_ema")
-    elif which != "latest":
-        plots_dir = os.path.join(plots_dir, which)
-    written = visualize(run, plots_dir)
+    written = visualize(run, _plots_dir(run))
     for path in written:
         print(path)
     return written
@@ -269,17 +271,10 @@ def run_explain(workdir: str, images: str | None = None, which: str = "latest",
     x.npz; default: the first test images), into ``W/plots`` (``plots/<which>[_ema]``
     for another checkpoint than the latest or for ``ema``); prints one line per image."""
     run = load(workdir, which, ema)
-    names = labels = None
-    if images:
-        names, pixels = evaluate.load_inputs(images, run.info.image_shape)
-    else:
-        pixels, labels = run.test_images(explain.DEFAULT_COUNT)
-        names = [f"test image {i}" for i in range(len(pixels))]
-    plots = os.path.join(run.workdir, "plots")
-    if which != "latest" or ema:
-        plots = os.path.join(plots, f"{which}_ema" if ema else which)
+    names, pixels = (evaluate.load_inputs(images, run.info.image_shape) if images
+                     else (None, None))  # None: explain's default, the first test images
     with layers.performing(run.config.performance):
-        result = explain.explain(run, pixels, labels=labels, names=names, plots_dir=plots)
+        result = explain.explain(run, pixels, names=names, plots_dir=_plots_dir(run))
     if jax.process_index() == 0:
         print(f"checkpoint {which} (step {run.step}); Grad-CAM of "
               f"{result.layer or 'no feature maps (saliency only)'}")
@@ -291,6 +286,15 @@ def run_explain(workdir: str, images: str | None = None, which: str = "latest",
             known = "" if y is None else f", true {called(int(y))}"
             print(f"{name}: {called(int(k))} (p={p:.4f}){known} -> {path}")
     return result
+
+
+def _plots_dir(run: Run) -> str:
+    """Where a mode draws: ``W/plots``, ``W/plots/<which>`` for another checkpoint than the
+    latest, ``W/plots/<which>_ema`` for its average of the weights."""
+    plots = os.path.join(run.workdir, "plots")
+    if run.ema:
+        return os.path.join(plots, f"{run.checkpoint}_ema")
+    return plots if run.checkpoint == "latest" else os.path.join(plots, run.checkpoint)
 
 
 def run_export(workdir: str, fmt: str, which: str = "latest", ema: bool = False,

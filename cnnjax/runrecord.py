@@ -139,17 +139,14 @@ def launched(workdir: str, step: int, data: dict[str, Any] | None) -> None:
     record = read(workdir) or {"history": []}
     history, time = record["history"], now()
     if step and "device_kind" in record:  # the newest launch's, at the top of the record
-        previous = record
-        if differ := [_difference(k, previous.get(k), env[k]) for k in _SAME_FOR_EXACT
-                      if previous.get(k) != env[k]]:
+        if differ := [_difference(k, record.get(k), env[k]) for k in _SAME_FOR_EXACT
+                      if record.get(k) != env[k]]:
             warn(f"resuming {workdir} on other software or hardware than its last launch "
                  f"({'; '.join(differ)}): the resumed run is not promised to match an "
                  "uninterrupted one bit for bit")
-    if step and record.get("data") is not None and not fingerprint_lib.same(record["data"],
-                                                                             data):
+    if step and (change := fingerprint_lib.changes(record.get("data"), data)):
         history.append({"event": "data_change", "step": step, "time": time,
-                        "change": fingerprint_lib.changes(record["data"], data),
-                        "from": record["data"], "to": data})
+                        "change": change, "from": record["data"], "to": data})
     history.append({"event": "resume" if step else "start", "step": step, "time": time,
                     "environment": env})
     files.write_json(path(workdir), {**env, "data": data, "history": history})

@@ -84,7 +84,6 @@ def _is_range(value: Any) -> bool:
 
 def _field(config: ml_collections.ConfigDict, key: str) -> Any:
     """The current value of ``key`` (a ``ConfigError`` naming the closest key if unknown)."""
-    config, _ = overrides_lib.apply(config, {}, where="sweep")
     node = config
     for part in key.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:

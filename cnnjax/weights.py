@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cnnjax.errors import ConfigError
+from cnnjax.files import sha256_file
 
 EXTRA = "pip install cnnjax[hub]"
 IMAGENET_CLASSES = 1000
@@ -275,15 +275,6 @@ def cached(name: str) -> str | None:
                 and (not source.sha256 or record.get("sha256") == source.sha256):
             return os.path.join(root, entry)
     return None
-
-
-def sha256_file(path: str) -> str:
-    """The SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tree_digests(directory: str) -> dict[str, str]:

@@ -25,8 +25,8 @@ import os
 from typing import Any
 
 from cnnjax.data import local
+from cnnjax.files import sha256_file
 
-CHUNK = 1 << 20  # bytes read per hash update
 # The built-in datasets: identical wherever cnnjax is installed (the builder is the data).
 BUILTIN = {"digits": "scikit-learn load_digits, stratified 75/25 split (random_state=0), "
                      "builder 1.0.0"}
@@ -51,19 +51,11 @@ def of(cfg) -> dict[str, Any] | None:
         return None
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _npz(path: str, name: str) -> dict[str, Any] | None:
     if not os.path.isfile(path):
         return None
     return {"name": name, "source": "npz", "bytes": os.path.getsize(path),
-            "sha256": _sha256(path)}
+            "sha256": sha256_file(path)}
 
 
 def image_files(root: str) -> list[str]:
@@ -84,7 +76,7 @@ def _folder(root: str, name: str, content: bool) -> dict[str, Any] | None:
         st = os.stat(path)
         rel.append(path[start:])
         sizes.append(st.st_size)
-        last.append(_sha256(path) if content else st.st_mtime_ns)
+        last.append(sha256_file(path) if content else st.st_mtime_ns)
     # One hash per layer over a joined manifest: per-file hash updates would cost more than
     # the stat calls.
     names = "\0".join(rel)
