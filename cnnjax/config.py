@@ -486,9 +486,7 @@ def _check_writers(spec: str, config: dict[str, Any]) -> None:
 def _validate_data(data: dict[str, Any]) -> None:
     # A source's own checks (an npz path, say) come when it is opened: cnnjax.data.SOURCES.
     _require(bool(data["name"].strip()), "data.name must not be empty")
-    from cnnjax.data import augment  # cnnjax.data imports this module
-
-    augment.chain(data)  # the ops of data.augment and the shorthand fields, checked
+    data_lib.augment.chain(data)  # the ops of data.augment and the shorthand fields, checked
     if data["loader"] == "dali":
         from cnnjax.data import dali
 

@@ -179,8 +179,9 @@ def train_step_per_device(
     ema = moving_average(state.ema, ema_decay, variables(params, batch_stats)) if ema_decay \
         else state.ema
     finite = all_finite(loss, grads)
-    if skip_nonfinite:  # the values from before the step, where it was not finite
-        params, opt_state, batch_stats, ema = keep_if(
+    if skip_nonfinite:  # the values from before the step, where it was not finite (as
+        # optax.apply_if_finite keeps the old state; here params, BatchNorm and average too)
+        params, opt_state, batch_stats, ema = optax.tree.where(
             finite, (params, opt_state, batch_stats, ema),
             (state.params, state.opt_state, state.batch_stats, state.ema))
     metrics = {
@@ -202,7 +203,8 @@ def inputs(batch: dict[str, jax.Array], step_key: jax.Array, augment: str,
     labels = batch["labels"]
     local = labels.shape[0]
     global_index = lax.axis_index(parallel.AXIS) * local + jnp.arange(local)
-    chain, alphas = parse(augment), mix_alphas(augment)  # data.augment's ops, in order
+    chain = parse(augment)  # data.augment's ops, in order
+    alphas = mix_alphas(chain)
     images = augment_images(batch["images"], jax.random.fold_in(step_key, 1), global_index, chain)
     images = normalize(images, mean, std)
     if not any(alphas.values()):
@@ -226,13 +228,6 @@ def all_finite(loss: jax.Array, grads: Any) -> jax.Array:
     finite = jnp.isfinite(loss) & jnp.all(
         jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     return lax.pmin(finite.astype(jnp.int32), parallel.AXIS).astype(bool)
-
-
-def keep_if(condition: jax.Array, new: Any, old: Any) -> Any:
-    """``new`` where ``condition`` holds, else ``old``, leaf by leaf (as
-    ``optax.apply_if_finite`` keeps the old state; here for the params, the optimizer state,
-    the BatchNorm statistics and the average together)."""
-    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
 
 
 def moving_average(average: Any, decay: float, new: Any) -> Any:

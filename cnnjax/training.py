@@ -480,9 +480,10 @@ def finish(job: Job, end: int, last_eval: dict[str, float]) -> dict[str, Any]:
     if job.config.train.plots and end == job.total_steps:
         # The last evaluation's confusion: the loop evaluates at the last step, so only a
         # relaunch that just finishes has to evaluate again.
-        confusion = (job.last or job.evaluation(job.state.with_eval_params())).confusion
+        evaluated = job.state.with_eval_params()
+        confusion = (job.last or job.evaluation(evaluated)).confusion
         pngs = plot_data.write_plots(os.path.join(job.workdir, "plots"), job.config,
-                                     job.state.with_eval_params().variables, job.data, end,
+                                     evaluated.variables, job.data, end,
                                      records, confusion)
         if job.writer:
             job.writer.write_images(end, {os.path.splitext(os.path.basename(p))[0]: p

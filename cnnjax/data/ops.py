@@ -32,7 +32,7 @@ def _u8(x: jax.Array) -> jax.Array:
     return x.astype(jnp.uint8)
 
 
-def _blend(image: jax.Array, other: jax.Array, ratio, complement=None) -> jax.Array:
+def _blend(image: jax.Array, other: jax.Array, ratio) -> jax.Array:
     """torchvision's ``_blend``: ``clamp(image * ratio + other * (1 - ratio))``, truncated.
 
     ``1 - ratio`` is computed in float64 for a Python float, as torchvision does; a traced
@@ -76,25 +76,25 @@ def brightness(image: jax.Array, factor) -> jax.Array:
     return _u8(jnp.clip(image.astype(_F) * jnp.asarray(factor, _F), 0.0, 255.0))
 
 
-def saturation(image: jax.Array, factor, complement=None) -> jax.Array:
-    """``F.adjust_saturation``: a blend with the floored grey image (grey images unchanged).
-    ``complement``: ``1 - factor`` where computed on the host (in float64, as torchvision)."""
+def saturation(image: jax.Array, factor) -> jax.Array:
+    """``F.adjust_saturation``: a blend with the floored grey image (grey images unchanged)."""
     if image.shape[-1] == 1:
         return image
-    return _blend(image, jnp.floor(grayscale(image)), factor, complement)
+    return _blend(image, jnp.floor(grayscale(image)), factor)
 
 
-def contrast(image: jax.Array, factor, complement=None) -> jax.Array:
+def contrast(image: jax.Array, factor) -> jax.Array:
     """``F.adjust_contrast``: a blend with the mean of the floored grey image."""
     grey = jnp.floor(grayscale(image)) if image.shape[-1] == 3 else image.astype(_F)
     # XLA:CPU runs the grey image fused into the mean's reduction far slower than the two
     # apart (docs/performance.md#augmentation-policies-on-cpu): the barrier keeps them apart.
-    return _blend(image, jnp.mean(jax.lax.optimization_barrier(grey)), factor, complement)
+    return _blend(image, jnp.mean(jax.lax.optimization_barrier(grey)), factor)
 
 
 def sharpness(image: jax.Array, factor, complement=None) -> jax.Array:
     """``F.adjust_sharpness``: the interior blended with a rounded 3x3 smoothing
-    (``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13``); the one-pixel border is kept."""
+    (``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13``); the one-pixel border is kept.
+    ``complement``: ``1 - factor`` where computed on the host (in float64, as torchvision)."""
     h, w, _ = image.shape
     if h <= 2 or w <= 2:
         return image

@@ -159,13 +159,12 @@ def _params(name: str, magnitude: float, height: int, width: int) -> np.ndarray:
     return out
 
 
+# The non-geometric ops (the geometric ones share one resampling: ``_apply``).
 _BRANCHES = {
     "Identity": lambda im, p: im,
-    "ShearX": ops.affine, "ShearY": ops.affine, "TranslateX": ops.affine,
-    "TranslateY": ops.affine, "Rotate": ops.affine,
     "Brightness": lambda im, p: ops.brightness(im, p[0]),
-    "Color": lambda im, p: ops.saturation(im, p[0], p[1]),
-    "Contrast": lambda im, p: ops.contrast(im, p[0], p[1]),
+    "Color": lambda im, p: ops.saturation(im, p[0]),
+    "Contrast": lambda im, p: ops.contrast(im, p[0]),
     "Sharpness": lambda im, p: ops.sharpness(im, p[0], p[1]),
     "Posterize": lambda im, p: ops.posterize(im, p[0].astype(jnp.int32)),
     "Solarize": lambda im, p: ops.solarize(im, p[0]),
@@ -201,7 +200,7 @@ def _apply(image, space: Space, params: np.ndarray, op, magnitude_bin, negate):
     p = jnp.asarray(params)[op, magnitude_bin, negate.astype(jnp.int32)]
     geometric = jnp.asarray([name in _GEOMETRIC for name in space])[op]
     moved = ops.affine(image, jnp.where(geometric, p, ops.IDENTITY_AFFINE))
-    branches = [(lambda im, q: im) if name in _GEOMETRIC else _BRANCHES[name] for name in space]
+    branches = [_BRANCHES.get(name, _BRANCHES["Identity"]) for name in space]
     return jnp.where(geometric, moved, jax.lax.switch(op, branches, image, p))
 
 

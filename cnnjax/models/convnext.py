@@ -106,7 +106,7 @@ class ConvNeXt(nn.Module):
                 layers.check_halvable(x, "ConvNeXt", 32)
                 x = conv(width, (2, 2), strides=(2, 2), name=f"features_{index - 1}_1")(x)
             for j in range(depth):
-                drop = self.stochastic_depth_prob * done / max(total - 1.0, 1.0)
+                drop = layers.block_drop_rate(self.stochastic_depth_prob, done, total)
                 x = Block(width, self.layer_scale, drop, dtype=self.dtype,
                           name=f"features_{index}_{j}")(x, train=train)
                 done += 1
